@@ -1,0 +1,42 @@
+# amr-pipeline: `make demo` and `make test` work on a fresh machine (they install what is missing first).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+# torch goes first, by the exact pin: it is the CPU wheel on this machine's disk. Any looser spec, asked for by
+# a later package, would pull gigabytes of CUDA wheels; with 2.13.0 installed, the project's `torch>=2.3` is met.
+# dvc[s3] goes second on its own: it pins aiobotocore/botocore, and resolving it alone keeps pip from backtracking.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --disable-pip-version-check -q "dvc[s3]>=3.50"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/amr demo
+
+test: setup
+	$(BIN)/python -m pytest -q --timeout 900
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf .amr demo-drops .pytest_cache

@@ -1,0 +1,196 @@
+"""One configuration model for the CLI, the flows and `dvc.yaml`.
+
+Values come from, highest priority first:
+  1. environment variables `AMR_<SECTION>__<KEY>` (e.g. `AMR_INGEST__CONTEXT_LENGTH=256`) and `AMR_HOME`,
+  2. the params file (`params.yaml` in the working directory, or `--params FILE`),
+  3. the defaults below, which run on one laptop.
+
+Each stage owns one section. A wrong value raises `ConfigError` naming the key, the value, what is
+allowed and where the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which, where it came from, and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestConfig(Section):
+    context_length: int = Field(128, ge=8, le=65536, description="Tokens per packed training sequence.")
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of documents (by hash) held out.")
+    min_holdout_sequences: int = Field(
+        2, ge=1, description="Each drop keeps at least this many held-out sequences, moving documents in hash order."
+    )
+    clusters_per_drop: int = Field(4, ge=1, le=1024, description="k of the per-drop k-means (the replay arms).")
+    max_document_bytes: int = Field(
+        1_000_000, ge=16, description="Largest document (a JSONL line, a parquet cell or a text file) accepted."
+    )
+    tokenizer: str = Field(
+        "byte", description="'byte' (ByT5 byte-level, no download) or a local Hugging Face tokenizer directory."
+    )
+    seed: int = Field(0, description="Seed of the k-means clustering.")
+
+
+class MemoryConfig(Section):
+    uri: str = Field("", description="LanceDB location: a directory or s3://bucket/prefix. Empty: $AMR_HOME/memory.")
+
+
+class S3Config(Section):
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); else AWS_ENDPOINT_URL.")
+    region: str | None = Field(None, description="Region; else AWS_REGION / AWS_DEFAULT_REGION, then us-east-1.")
+
+
+class ReplayConfig(Section):
+    strategy: Literal["none", "uniform", "balanced", "amr"] = Field("amr", description="Replay strategy.")
+    replay_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of every batch filled with replay.")
+    arms: Literal["cluster", "drop"] = Field("cluster", description="amr arms: per-drop clusters, or whole drops.")
+    alpha: float = Field(0.3, gt=0.0, le=1.0, description="Step size of the arms' exponential moving average.")
+    temperature: float = Field(0.1, gt=0.0, description="Boltzmann temperature tau over the arm values Q.")
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Probability floor: each arm gets at least eps/K.")
+    exploration_bonus: float = Field(
+        0.05, ge=0.0, description="Bonus per unpulled step (capped at stale_steps) added to a stale arm's value."
+    )
+    stale_steps: int = Field(20, ge=1, description="Steps without a pull after which the bonus stops growing.")
+    prefetch_batches: int = Field(4, ge=1, description="Replay batches fetched from LanceDB ahead of training.")
+    seed: int = Field(0, description="Seed of the sampler's random stream.")
+
+
+class TrainConfig(Section):
+    model: str = Field(
+        "gpt2-tiny", description="'gpt2-tiny' or 'llama-tiny' (built from a config) or a local model directory."
+    )
+    n_layer: int = Field(2, ge=1, description="Layers of a model built from a config.")
+    n_embd: int = Field(128, ge=8, description="Hidden size of a model built from a config.")
+    n_head: int = Field(4, ge=1, description="Attention heads of a model built from a config.")
+    batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (all ranks, all micro-batches).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate, reached after warm-up.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay floor, as a share of lr.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps at the start of every refresh.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient norm clipping.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the new drop that set the plain fine-tuning budget.")
+    max_steps: int | None = Field(None, ge=1, description="Caps the steps per drop, for every strategy alike.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (one more at the end).")
+    seed: int = Field(0, description="Seed of model init, data order and dropout.")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:N]'.")
+    nproc: int = Field(1, ge=1, description="Processes for torchrun data parallelism.")
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(32, ge=1, description="Held-out sequences per forward pass.")
+    max_sequences_per_drop: int | None = Field(None, ge=1, description="Caps held-out sequences per drop.")
+
+
+class GateConfig(Section):
+    max_regression: float = Field(
+        0.05, ge=0.0, description="Largest relative loss increase on a past drop vs champion."
+    )
+    max_forgetting: float = Field(0.10, ge=0.0, description="Largest relative forgetting of a past drop vs best-ever.")
+    min_gain: float = Field(0.0, description="Smallest relative loss improvement on the new drop vs champion.")
+
+
+class MlflowConfig(Section):
+    tracking_uri: str = Field("", description="Empty: MLFLOW_TRACKING_URI, else SQLite under $AMR_HOME.")
+    experiment: str = Field("amr", description="Experiment name.")
+    registered_model: str = Field("amr-model", description="Registered model name.")
+
+
+class Settings(BaseSettings):
+    """Everything amr reads. See params.yaml for the annotated defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="AMR_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Field(Path(".amr"), description="All local state (memory, runs, checkpoints). Env: AMR_HOME.")
+    ingest: IngestConfig = IngestConfig()
+    memory: MemoryConfig = MemoryConfig()
+    s3: S3Config = S3Config()
+    replay: ReplayConfig = ReplayConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The params file arrives as init kwargs (see load_settings); the environment overrides it.
+        return (env_settings, init_settings)
+
+    @property
+    def memory_uri(self) -> str:
+        return self.memory.uri or str(self.home / "memory")
+
+
+def _read_params(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}). Fix the syntax.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (ingest:, train:, ...).")
+    return data
+
+
+def _env_name(loc: tuple) -> str:
+    return "AMR_" + "__".join(str(p).upper() for p in loc)
+
+
+def _describe(exc: ValidationError, params: Path | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        env = _env_name(loc)
+        source = f"environment {env}" if env in os.environ else (f"{params}" if params else "defaults")
+        value = err.get("input")
+        allowed = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = "unknown key; see params.yaml for the keys of each section"
+        lines.append(f"{key} = {value!r} (from {source}): {allowed}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(params: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load params.yaml (or `params`), apply AMR_* environment variables, then `overrides` (CLI flags)."""
+    path = Path(params) if params is not None else DEFAULT_PARAMS
+    if params is not None and not path.exists():
+        raise ConfigError(f"{path}: params file not found. Pass an existing file to --params.")
+    data = _read_params(path) if path.exists() else {}
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path if path.exists() else None)) from exc
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        try:
+            setattr(getattr(settings, section), key, value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ConfigError(f"invalid configuration:\n  {dotted} = {value!r} (from the command line): {msg}") from exc
+    return settings

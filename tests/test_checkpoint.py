@@ -1,0 +1,226 @@
+"""Checkpoints resume bitwise, survive SIGKILL, and never pickle.
+
+Run as a script (`python tests/test_checkpoint.py CKPT_DIR`), this file is the training process that
+the SIGKILL test kills: it checkpoints at step 4, trains on, and hangs inside the step-8 save (after
+writing its files, before the rename) so the kill lands at the worst moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import TrainConfig
+from components.training import Trainer, build_model, latest_checkpoint, load_checkpoint, load_model, save_checkpoint
+from components.training import checkpoint as checkpoint_module
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/shutil.py").read_bytes()
+VOCAB, CTX, EOS, PAD = 384, 32, 1, 0
+TOTAL, EVERY = 12, 4
+ROWS = 64
+DATA = (np.frombuffer(TEXT, dtype=np.uint8)[: ROWS * CTX].astype(np.int32) + 3).reshape(ROWS, CTX)
+LENGTHS = np.where(np.arange(ROWS) % 3 == 0, CTX // 2, CTX)  # some padded rows
+DATA[LENGTHS < CTX, CTX // 2 :] = PAD
+
+
+def make() -> tuple[torch.nn.Module, Trainer]:
+    """A fresh tiny GPT-2 with dropout on (Hugging Face's default 0.1), so resuming needs the RNG state."""
+    cfg = TrainConfig(n_layer=1, n_embd=32, n_head=4, lr=1e-2, warmup_steps=3, device="cpu", seed=0)
+    model = build_model(cfg, VOCAB, CTX, EOS, PAD)
+    assert model.config.resid_pdrop > 0
+    return model, Trainer(model, cfg, total_steps=TOTAL)
+
+
+def train(
+    model: torch.nn.Module,
+    trainer: Trainer,
+    rng: np.random.Generator,
+    ckpt_dir: Path | None = None,
+    on_save: Callable[[int], None] = lambda step: None,
+) -> None:
+    """Train to TOTAL on batches drawn by `rng`, checkpointing every EVERY steps with the data RNG as `extra`."""
+    while trainer.step_idx < TOTAL:
+        rows = rng.integers(0, ROWS, size=4)
+        trainer.step(DATA[rows], LENGTHS[rows])
+        if ckpt_dir is not None and trainer.step_idx % EVERY == 0:
+            save_checkpoint(ckpt_dir, model, trainer, {"data_rng": rng.bit_generator.state})
+            on_save(trainer.step_idx)
+
+
+def resume(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, np.random.Generator]:
+    model, trainer = make()
+    extra = load_checkpoint(latest_checkpoint(ckpt_dir), model, trainer)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = extra["data_rng"]
+    return model, trainer, rng
+
+
+@pytest.fixture(scope="module")
+def straight() -> dict[str, torch.Tensor]:
+    """Weights after TOTAL uninterrupted steps."""
+    model, trainer = make()
+    train(model, trainer, np.random.default_rng(7))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
+
+
+@pytest.mark.slow
+def test_resume_is_bitwise_identical(tmp_path: Path, straight: dict[str, torch.Tensor]) -> None:
+    model, trainer = make()
+    rng = np.random.default_rng(7)
+    while trainer.step_idx < EVERY:
+        rows = rng.integers(0, ROWS, size=4)
+        trainer.step(DATA[rows], LENGTHS[rows])
+    save_checkpoint(tmp_path, model, trainer, {"data_rng": rng.bit_generator.state})
+    torch.manual_seed(1234)  # whatever happens to the global RNG in between must not matter
+
+    model, trainer, rng = resume(tmp_path)
+    assert trainer.step_idx == EVERY
+    train(model, trainer, rng)
+    assert_same_weights(model, straight)
+
+    model, trainer, rng = resume(tmp_path)  # control: the dropout RNG state is what makes it bitwise
+    torch.manual_seed(1234)
+    train(model, trainer, rng)
+    assert not torch.equal(model.transformer.wte.weight, straight["transformer.wte.weight"])
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, straight: dict[str, torch.Tensor]) -> None:
+    stderr = open(tmp_path / "stderr.txt", "w+b")  # noqa: SIM115 - the child writes into it until killed
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, __file__, str(tmp_path / "ckpt")],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    watchdog = threading.Timer(120, proc.kill)  # a hung child must not hang the test run
+    watchdog.start()
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("saving 8"):
+            line = proc.stdout.readline()
+            assert line, f"child exited early: {lines}\n{(tmp_path / 'stderr.txt').read_text()[-3000:]}"
+            lines.append(line)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        stderr.close()
+    assert lines[0].startswith("saved 4")
+    ckpt = tmp_path / "ckpt"
+    assert list(ckpt.glob(".tmp-step-8-*")), "the kill should have left a half-done step-8 temp dir"
+    assert latest_checkpoint(ckpt) == ckpt / "step-4"
+
+    model, trainer, rng = resume(ckpt)
+    train(model, trainer, rng, ckpt_dir=ckpt)
+    assert_same_weights(model, straight)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step-12", "step-8"]  # keep=2, leftovers gone
+
+
+def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
+    model, trainer = make()
+    trainer.step(DATA[:4], LENGTHS[:4])
+    path = save_checkpoint(tmp_path, model, trainer, {"cursor": 17, "q": [0.5, 1.0]})
+    files = sorted(p.name for p in path.iterdir())
+    assert all(f.endswith((".safetensors", ".json")) for f in files), files
+    assert {"optimizer.safetensors", "rng.safetensors", "state.json", "config.json"} <= set(files)
+    state = json.loads((path / "state.json").read_text())
+    assert state["step"] == 1 and state["extra"] == {"cursor": 17, "q": [0.5, 1.0]}
+    assert (tmp_path / "latest").read_text().strip() == "step-1"
+    reloaded = load_model(path)  # a checkpoint is also a plain model directory
+    assert torch.equal(reloaded.transformer.wte.weight, model.transformer.wte.weight)
+
+
+def test_keeps_the_last_two_and_drops_overtaken_ones(tmp_path: Path) -> None:
+    model, trainer = make()
+    for _ in range(3):
+        trainer.step(DATA[:4], LENGTHS[:4])
+        save_checkpoint(tmp_path, model, trainer, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-3"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-3"
+    (tmp_path / "latest").write_text("step-2\n")  # as if killed between the step-3 rename and the pointer
+    model, trainer, _ = resume_plain(tmp_path)
+    assert trainer.step_idx == 2
+    save_checkpoint(tmp_path, model, trainer, {"again": True})  # replaces step-2; step-3 was overtaken
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2"]
+    assert resume_plain(tmp_path)[2] == {"again": True}
+    trainer.step(DATA[:4], LENGTHS[:4])
+    save_checkpoint(tmp_path, model, trainer, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-3"]
+
+
+def resume_plain(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, dict]:
+    model, trainer = make()
+    return model, trainer, load_checkpoint(latest_checkpoint(ckpt_dir), model, trainer)
+
+
+def test_directories_without_pointer_or_half_written_are_ignored(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    model, trainer = make()
+    trainer.step(DATA[:4], LENGTHS[:4])
+    save_checkpoint(tmp_path, model, trainer, {})
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path) is None  # a step dir without the pointer is not trusted
+    half = tmp_path / ".tmp-step-9-abc"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert latest_checkpoint(tmp_path) is None
+    trainer.step(DATA[:4], LENGTHS[:4])
+    save_checkpoint(tmp_path, model, trainer, {})
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-2" and not half.exists()
+
+
+def test_bad_pointers_and_bad_extra_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "latest").write_text("../../etc\n")
+    with pytest.raises(ValueError, match="step-<n>"):
+        latest_checkpoint(tmp_path)
+    (tmp_path / "latest").write_text("step-5\n")
+    with pytest.raises(FileNotFoundError):
+        latest_checkpoint(tmp_path)
+    model, trainer = make()
+    with pytest.raises(TypeError, match="JSON-serializable"):
+        save_checkpoint(tmp_path, model, trainer, {"sampler": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]  # nothing half-written left behind
+
+
+def _child(ckpt_dir: Path) -> None:
+    """The process the SIGKILL test kills; see the module docstring."""
+    real_fsync_tree = checkpoint_module._fsync_tree
+
+    def hang_at_step_8(root: Path) -> None:
+        real_fsync_tree(root)
+        if root.name.startswith(".tmp-step-8-"):
+            print("saving 8", flush=True)
+            sys.stdin.readline()  # blocks until the parent's SIGKILL
+
+    model, trainer = make()
+    with mock.patch.object(checkpoint_module, "_fsync_tree", hang_at_step_8):
+        train(model, trainer, np.random.default_rng(7), Path(ckpt_dir), lambda s: print(f"saved {s}", flush=True))
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]))
