@@ -14,12 +14,12 @@ setup: $(STAMP)
 
 # torch goes first, by the exact pin: it is the CPU wheel on this machine's disk. Any looser spec, asked for by
 # a later package, would pull gigabytes of CUDA wheels; with 2.13.0 installed, the project's `torch>=2.3` is met.
-# dvc[s3] goes second on its own: it pins aiobotocore/botocore, and resolving it alone keeps pip from backtracking.
-$(STAMP): pyproject.toml
+# constraints.txt pins every other package to tested versions (without it pip backtracks for many minutes
+# over aiobotocore releases to satisfy dvc[s3] and boto3 together).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q "dvc[s3]>=3.50"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: setup

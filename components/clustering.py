@@ -72,9 +72,9 @@ def _argmin_chunks(chunks: list[sp.csr_matrix], centers: np.ndarray) -> np.ndarr
 def assign_clusters(train: Packed, holdout: Packed, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fit k-means on (a seeded sample of) the train sequences; label train and holdout by nearest center.
 
-    k_eff = min(k, distinct train sequences). Cluster ids are int32 in 0..k_used-1, where k_used <= k_eff counts
-    the clusters that own at least one train sequence: every arm can always be sampled from. Deterministic for
-    the same input and seed.
+    k_eff = min(k, distinct sequences in the fit sample). Cluster ids are int32 in 0..k_used-1, where
+    k_used <= k_eff counts the clusters that own at least one train sequence: every arm can always be sampled
+    from. Deterministic for the same input and seed.
     """
     n_train = len(train)
     if n_train == 0:

@@ -42,7 +42,7 @@ def _read(paths: Iterable[Path]) -> Iterator[str]:
             continue
 
 
-def _cap(texts: Iterable[str], budget_bytes: int, max_doc: int = 60_000) -> list[str]:
+def _cap(texts: Iterable[str], budget_bytes: int, max_doc: int = 20_000) -> list[str]:
     """Non-blank texts, each cut to `max_doc` characters, until `budget_bytes` are reached."""
     out, used = [], 0
     for text in texts:

@@ -50,6 +50,7 @@ class ByteTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         arr = np.asarray(ids, dtype=np.int64)
         data = arr[(arr >= self._offset) & (arr < self._offset + 256)] - self._offset  # drop specials, as HF does
+        # A row cut mid-character decodes to U+FFFD rather than silently losing bytes (HF ignores them).
         return data.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 

@@ -209,5 +209,5 @@ def test_cuda_step_uses_bf16_autocast_and_keeps_fp32_weights() -> None:
         last = trainer.step(tokens, lengths).mean()
     assert all(p.dtype == torch.float32 and p.is_cuda for p in model.parameters())
     assert last < 0.8 * first
-    fp32 = per_sample_loss(model.float(), tokens, lengths, "cuda", 4)
-    assert np.all(np.isfinite(fp32))
+    evaluated = per_sample_loss(model, torch.as_tensor(tokens).cuda(), torch.as_tensor(lengths).cuda(), "cuda", 4)
+    np.testing.assert_allclose(evaluated.mean(), last, rtol=0.2)  # bf16 vs bf16, one step and dropout apart

@@ -34,7 +34,11 @@ def file_kind(name: str) -> str:
 def read_drop(
     source: DropSource, drop_id: str, max_document_bytes: int, progress: Callable[[int], None] | None = None
 ) -> DropContents:
-    """Read and check one drop. Bad data becomes issues, never exceptions; `progress(n)` gets each file's size."""
+    """Read and check one drop; `progress(n)` gets each file's byte count as it is read.
+
+    Bad data becomes issues, never exceptions. What is no data problem does raise: a local drop directory
+    that does not exist (FileNotFoundError) and S3 errors such as access denied (botocore ClientError).
+    """
     contents = DropContents(drop_id, [], content_hash({}), 0, None, [])
     if not DROP_ID_PATTERN.fullmatch(drop_id):
         contents.issues.append(DropIssue("", None, f"invalid drop id {drop_id!r}", FIX_DROP_ID, drop_id))
@@ -43,7 +47,8 @@ def read_drop(
     n_document_files = 0
     for name in source.list_files(drop_id):
         kind = file_kind(name)
-        n_document_files += kind in ("document", "unsafe")
+        if kind in ("document", "unsafe"):  # an unsafe name was meant as data: the drop is not "empty"
+            n_document_files += 1
         if kind in (READY, "ignored"):
             continue
         data = _read(source, drop_id, name, contents.issues)

@@ -135,7 +135,7 @@ def _rng_states() -> dict[str, torch.Tensor]:
 
 def _restore_rng(states: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(states["torch_cpu"])
-    cuda = [states[k] for k in sorted(states, key=lambda k: int(k.split(".")[1])) if k.startswith("torch_cuda.")]
+    cuda = [states[f"torch_cuda.{i}"] for i in range(sum(k.startswith("torch_cuda.") for k in states))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
