@@ -43,9 +43,6 @@ def main(
     params: Path | None = typer.Option(None, "--params", help="Params file (default ./params.yaml).", dir_okay=False),
 ) -> None:
     ctx.obj = params
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own rich bars say what is happening; HF's per-save bars are noise
 
 
 @app.command()

@@ -95,6 +95,9 @@ class TrainConfig(Section):
 class EvaluateConfig(Section):
     batch_size: int = Field(32, ge=1, description="Held-out sequences per forward pass.")
     max_sequences_per_drop: int | None = Field(None, ge=1, description="Caps held-out sequences per drop.")
+    reference_sequences_per_arm: int = Field(
+        32, ge=1, description="Train sequences per arm whose loss becomes the replay sampler's reference."
+    )
 
 
 class GateConfig(Section):

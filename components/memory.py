@@ -209,9 +209,7 @@ class Memory:
             length = (self.meta() or {}).get("context_length", 0)
             return np.zeros((0, length), np.int32), np.zeros(0, np.int32)
         unique, inverse = np.unique(ids, return_inverse=True)
-        got = (
-            self.table(version).take_row_ids(unique.tolist()).select(["tokens", "length"]).with_row_id().to_arrow()
-        )
+        got = self.table(version).take_row_ids(unique.tolist()).select(["tokens", "length"]).with_row_id().to_arrow()
         if got.num_rows != unique.size:
             raise MemoryError_(f"{unique.size - got.num_rows} of the requested row ids are not in the memory.")
         order = np.searchsorted(unique, got.column("_rowid").to_numpy())

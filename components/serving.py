@@ -7,7 +7,7 @@ transformers, pandas, mlflow; nothing from `components`) so a registered model l
 packages are installed, without this repository.
 
 Input: a DataFrame (or a list of lists, or a dict of lists) whose `input_ids` column holds one list of token
-ids per row, in the tokenizer the model was trained with (see the model version's `amr.tokenizer` tag).
+ids per row, in the tokenizer the model was trained with (recorded in the version's metadata by training).
 Output: a DataFrame with one row per input row:
   * `loss`: the mean next-token cross-entropy of the row (nats/token), the same definition as training
     and held-out evaluation use; NaN for a row with fewer than two tokens (nothing to predict);
@@ -18,28 +18,35 @@ which is what a smoke test of a deployed refresh needs.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from mlflow.models import set_model
+from mlflow.models import ModelSignature, set_model
 from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 WEIGHTS = "weights"  # the artifact key under which the weights directory is logged
 BATCH_SIZE = 32
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(Array(DataType.long), "input_ids")]),
+    outputs=Schema([ColSpec(DataType.double, "loss"), ColSpec(DataType.long, "next_token")]),
+)
 
 
-def _token_rows(model_input) -> list[list[int]]:
-    if isinstance(model_input, pd.DataFrame):
-        column = model_input["input_ids"] if "input_ids" in model_input else model_input.iloc[:, 0]
-        rows = column.tolist()
-    elif isinstance(model_input, dict):
-        rows = list(model_input["input_ids"])
-    else:
-        rows = list(model_input)
-    return [[int(t) for t in np.asarray(row).reshape(-1)] for row in rows]
+def requirements() -> list[str]:
+    """What this file imports, pinned to the running environment (local tags like `+cpu` dropped; MLflow adds
+    itself). Explicit pins keep MLflow from inferring requirements, which imports the model and may go online."""
+    pkgs = ("torch", "transformers", "safetensors", "numpy", "pandas")
+    return [f"{p}=={importlib.metadata.version(p).split('+')[0]}" for p in pkgs]
+
+
+def _token_rows(model_input: pd.DataFrame) -> list[list[int]]:
+    """MLflow has already enforced the signature: an `input_ids` column of integer arrays."""
+    return [[int(t) for t in np.asarray(row).reshape(-1)] for row in model_input["input_ids"].tolist()]
 
 
 class CausalLMScorer(PythonModel):
@@ -58,7 +65,7 @@ class CausalLMScorer(PythonModel):
         self.model.eval()
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         rows = _token_rows(model_input)
         bad = [t for row in rows for t in row if not 0 <= t < self.vocab_size]
         if bad:
@@ -92,6 +99,7 @@ class CausalLMScorer(PythonModel):
         return losses, nexts.tolist()
 
 
-# MLflow's models-from-code loader runs this file and takes the model registered here. Importing the module
-# elsewhere only records the instance; no weights are read until `load_context`.
-set_model(CausalLMScorer())
+# MLflow's models-from-code loader runs this file under a module name of its own and takes the model set here.
+# Imported as `components.serving` (for SIGNATURE and requirements), it leaves MLflow's global alone.
+if __name__ != "components.serving":
+    set_model(CausalLMScorer())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
+import torch
 
 from components.config import Settings
 from components.lines import Line
@@ -176,7 +177,9 @@ def train_drop(
         else build_model(settings.train, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])
     )
     trainer = Trainer(model, settings.train, budget.steps)
-    cursor = NewDataCursor(new_rows, settings.train.seed + len(line.trained))
+    seed = settings.train.seed + len(line.trained)  # the same refresh gets the same seed in every process
+    torch.manual_seed(seed)  # dropout; a resumed run restores the RNG from its checkpoint instead
+    cursor = NewDataCursor(new_rows, seed)
     ckpt_dir = line.checkpoints(drop_id)
     pending: list[Plan] = []
     resumed = 0

@@ -18,8 +18,12 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
 )
+from transformers.utils import logging as hf_logging
 
 from components.config import TrainConfig
+
+# One bar per save_pretrained/from_pretrained is noise next to amr's own progress bars.
+hf_logging.disable_progress_bar()
 
 BUILT_IN = ("gpt2-tiny", "llama-tiny")
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
