@@ -319,8 +319,8 @@ def test_champion_previous_rejection_manual_and_rollback(home, tiny, tmp_path):
     runs, versions = zip(*(log_version(home.settings, tiny.dir, home.name) for _ in range(3)), strict=True)
     v1, v2, v3 = (str(mv.version) for mv in versions)
 
-    registry.set_champion(client, home.name, v1, PROMOTE)
-    assert aliases(client, home.name) == {"champion": v1}
+    first = registry.apply_decision(client, home.name, v1, PROMOTE)  # the flow's one call: promote or record
+    assert aliases(client, home.name) == {"champion": v1} and first.tags["amr.gate"] == "promoted"
 
     second = registry.set_champion(client, home.name, v2, PROMOTE)
     assert aliases(client, home.name) == {"champion": v2, "previous": v1}
@@ -332,7 +332,7 @@ def test_champion_previous_rejection_manual_and_rollback(home, tiny, tmp_path):
         registry.set_champion(client, home.name, "99", PROMOTE)  # no such version: nothing moves
     with pytest.raises(RegistryError, match="rejected"):
         registry.set_champion(client, home.name, v3, REJECT)
-    rejected = registry.record_rejection(client, home.name, v3, REJECT)
+    rejected = registry.apply_decision(client, home.name, v3, REJECT)
     assert rejected.tags["amr.gate"] == "rejected" and "regression" in rejected.tags["amr.gate_reasons"]
     assert aliases(client, home.name) == {"champion": v2, "previous": v1}  # nothing moved
     with pytest.raises(RegistryError, match="promote"):
