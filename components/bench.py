@@ -14,15 +14,12 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from components.config import Settings
 from components.evaluation import evaluate_line
 from components.ingest import exit_code, ingest_source
 from components.lines import Line, write_json_atomic
 from components.memory import Memory
+from components.plots import plot_forgetting
 from components.training.loop import train_drop
 
 STRATEGIES = ("none", "uniform", "balanced", "amr")
@@ -65,29 +62,6 @@ def run_strategy(settings: Settings, memory: Memory, strategy: str, log=print) -
         "wall_seconds": train_s,
         "eval_seconds": eval_s,
     }
-
-
-def plot_forgetting(results: dict[str, dict], path: Path) -> None:
-    """Grouped bars: final forgetting of each past drop, one colour per strategy."""
-    strategies = list(results)
-    drops = [d for d in next(iter(results.values()))["drops"][:-1]]
-    fig = Figure(figsize=(max(6, 1.6 * len(drops) + 2), 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(strategies))
-    x = np.arange(len(drops))
-    for i, name in enumerate(strategies):
-        values = [results[name]["forgetting_per_drop"].get(d, np.nan) for d in drops]
-        ax.bar(
-            x + i * width - 0.4 + width / 2, values, width, label=f"{name} (avg {results[name]['avg_forgetting']:.3f})"
-        )
-    ax.set_xticks(x, drops, rotation=20, ha="right")
-    ax.set_ylabel("forgetting (nats/token, L_now - L_best)")
-    ax.set_title("Forgetting per past drop after the last refresh, equal compute")
-    ax.legend(fontsize="small")
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
 
 
 def markdown(report: dict) -> str:

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
-
-from components.config import Settings
 
 STDLIB = Path(os.__file__).parent
 
@@ -104,20 +101,3 @@ def build_demo_drops(root: Path, budget_bytes: int = 400_000) -> list[Path]:
         _publish(root / name, write)
         dirs.append(root / name)
     return dirs
-
-
-def run_demo(settings: Settings, drops_dir: Path, console: Console) -> int:
-    """Build the demo drops, ingest them and show the memory. Returns the process exit code."""
-    from components.ingest import exit_code, ingest_source
-    from components.memory import Memory
-
-    console.rule("amr demo")
-    dirs = build_demo_drops(drops_dir)
-    console.print(f"built {len(dirs)} demo drops from real text under {drops_dir}/")
-    results = ingest_source(settings, str(drops_dir), show_progress=console.is_terminal)
-    for r in results:
-        console.print(f"  {r.status:>9} {r.drop_id}: {r.message}", highlight=False)
-    memory = Memory.open(settings)
-    console.print(f"memory version {memory.version} at {settings.memory_uri}: {len(memory.ingested())} drops")
-    console.print("inspect it with: amr memory   |   amr memory versions")
-    return exit_code(results)

@@ -85,6 +85,7 @@ class Line:
     def commit_training(self, model, drop_id: str, version: int, sampler_state: dict | None, result) -> None:
         """Publish the trained weights, then the state that points at them; drop the checkpoints."""
         final = self.root / "models" / drop_id
+        write_json_atomic(self.root / "states" / f"{drop_id}.json", self.state)  # what `rewind` restores
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{drop_id}-", dir=self._mkdir("models")))
         save_model(model, tmp)
         if final.exists():  # a previous attempt died after publishing but before state.json: redo it
@@ -100,6 +101,19 @@ class Line:
         shutil.rmtree(self.checkpoints(drop_id), ignore_errors=True)
         for old in self.state["trained"][:-KEEP_MODELS]:
             shutil.rmtree(self.root / "models" / old, ignore_errors=True)
+
+    def rewind(self) -> str:
+        """Undo the last trained drop (for `refresh --force`): its state before, its model gone; returns its id."""
+        if len(self.trained) < 1:
+            raise ValueError(f"line {self.name} has trained nothing; nothing to rewind")
+        last = self.trained[-1]
+        before = json.loads((self.root / "states" / f"{last}.json").read_text())
+        if before["model"] and not (self.root / before["model"]).exists():
+            raise ValueError(f"line {self.name}: the model before {last} was pruned; rewind is limited to one drop")
+        self.state = before
+        self.save()
+        shutil.rmtree(self.root / "models" / last, ignore_errors=True)
+        return last
 
     def commit_evaluation(self, matrix: LossMatrix, arm_ref: dict[str, float]) -> None:
         self.state["loss_matrix"] = matrix.to_dict()

@@ -53,6 +53,7 @@ def configure(settings: Settings) -> str:
     The URI is `mlflow.tracking_uri`, else the user's MLFLOW_TRACKING_URI, else SQLite under AMR_HOME. A local
     store keeps its artifacts under AMR_HOME/mlartifacts, so everything of one home stays in one directory.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per-file bars drown the flow's log
     home = Path(settings.home).expanduser().resolve()
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if "exported" in _ENV and env == _ENV["exported"]:

@@ -127,6 +127,7 @@ class TrainResult:
     replay_by_drop: dict[str, int] = field(default_factory=dict)
     arm_keys: list[str] = field(default_factory=list)
     arm_probabilities: list[list[float]] = field(default_factory=list)  # snapshot every PROBS_EVERY steps
+    arm_probability_steps: list[int] = field(default_factory=list)
 
 
 def _new_rows(index, drop_id: str) -> np.ndarray:
@@ -228,14 +229,22 @@ def train_drop(
                 queue.append(submit(make_plan(next_step)))
                 next_step += 1
             tokens, lengths = future.result()
+            tick = time.perf_counter()
             losses = trainer.step(tokens, lengths)
             if sampler is not None:
                 sampler.update(plan.arm_idx, losses[len(plan.new_ids) :])
                 np.add.at(replay_arm_counts, plan.arm_idx, 1)
             step = trainer.step_idx
-            stats = dict(trainer.last_stats, replay_share=len(plan.replay_ids) / len(losses))
+            stats = dict(
+                trainer.last_stats,
+                replay_share=len(plan.replay_ids) / len(losses),
+                sequences_per_s=len(losses) / (time.perf_counter() - tick),
+            )
             if sampler is not None and (step % PROBS_EVERY == 0 or step == budget.steps):
-                result.arm_probabilities.append(sampler.probabilities().tolist())
+                probs = sampler.probabilities().tolist()
+                result.arm_probabilities.append(probs)
+                result.arm_probability_steps.append(step)
+                stats |= {f"arm_p/{key}": p for key, p in zip(arms.keys, probs, strict=True)}
             if on_step:
                 on_step(step, stats)
             if progress:
