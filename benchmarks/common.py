@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -109,10 +110,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    """This process's resident set now (Linux /proc), unlike the high-water mark of `peak_rss_mb`."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _measured(fn: Callable[..., dict[str, Any]], args: tuple) -> dict[str, Any]:
-    baseline = peak_rss_mb()  # interpreter + imports, before the phase does any work
+    before = rss_mb()  # interpreter + imports, before the phase does any work
     result = fn(*args)
-    return result | {"baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return result | {"rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -142,7 +148,11 @@ def latency_summary(seconds: list[float] | np.ndarray, items_per_call: int = 1) 
 def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the figures depend on: cores, CPU model, memory, Python and the versions of `packages`."""
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -150,6 +160,7 @@ def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu,
         "memory_gb": round(pages / 1e9, 1),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on the machine skews timings
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "packages": {name: metadata.version(name) for name in packages},
@@ -172,12 +183,11 @@ def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: s
     return json_path, md_path
 
 
-class Stopwatch:
-    """`with Stopwatch() as sw: ...` then `sw.seconds`; perf_counter based."""
-
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
+@contextmanager
+def timed(store: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the block to `store[key]` (perf_counter)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        store[key] = store.get(key, 0.0) + time.perf_counter() - start

@@ -51,12 +51,12 @@ def pack(token_lists: Sequence[np.ndarray], context_length: int, eos_id: int, pa
     doc_lens = np.array([len(t) for t in token_lists], dtype=np.int64)
     if doc_lens.size == 0:
         return Packed(np.empty((0, L), np.int32), np.empty(0, np.int32), np.empty(0, np.int64))
-    flat = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists])
-    stream = np.insert(flat, np.cumsum(doc_lens), np.int32(eos_id))  # eos after each document
-    total = stream.size
+    total = int(doc_lens.sum()) + doc_lens.size  # one eos after each document
     n_rows = -(-total // L)
     tokens = np.full(n_rows * L, pad_id, dtype=np.int32)
-    tokens[:total] = stream
+    eos = np.array([eos_id], dtype=np.int32)
+    # Written straight into the padded output: no full-size temporaries (this runs on drops of gigabytes).
+    np.concatenate([part for t in token_lists for part in (np.asarray(t, dtype=np.int32), eos)], out=tokens[:total])
     lengths = np.full(n_rows, L, dtype=np.int32)
     lengths[-1] = total - (n_rows - 1) * L
     # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 STDLIB = Path(os.__file__).parent
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 
 
 def free_port() -> int:
@@ -74,3 +78,43 @@ def real_texts(pattern: str, limit: int, root: Path = STDLIB) -> list[str]:
         if len(out) >= limit:
             break
     return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, proxied artifacts) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    cmd += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, root / "server.log")
+        yield SimpleNamespace(url=url, artifacts=root / "artifacts")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this fixture started
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout}s:\n{log.read_text()[-3000:]}")

@@ -138,9 +138,10 @@ def test_bad_input_is_quarantined(tmp_path, case, files, hook, where, reason):
     assert rows.num_rows == 0
     assert memory.ingested() == before["ingested"] + ["c-good"]
     c_version = memory.record("c-good").version
-    assert memory.table(c_version).count_rows() == before["rows"] + memory.record("c-good").sequences + memory.record(
-        "c-good"
-    ).holdout_sequences
+    assert (
+        memory.table(c_version).count_rows()
+        == before["rows"] + memory.record("c-good").sequences + memory.record("c-good").holdout_sequences
+    )
 
 
 def test_rejected_drop_fixed_in_place_is_ingested(tmp_path, cfg):

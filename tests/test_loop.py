@@ -128,10 +128,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, stream):
     assert result.resumed_from_step == 0
 
     killed = runs["killed"]
-    env = dict(os.environ, AMR_HOME=str(killed.home), PYTHONPATH=str(ROOT),
-               **{f"AMR_{k.replace('.', '__').upper()}": str(v) for k, v in (TINY | extra).items()})
-    proc = subprocess.Popen(_train_cmd(killed.home), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        AMR_HOME=str(killed.home),
+        PYTHONPATH=str(ROOT),
+        **{f"AMR_{k.replace('.', '__').upper()}": str(v) for k, v in (TINY | extra).items()},
+    )
+    proc = subprocess.Popen(
+        _train_cmd(killed.home), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     latest = killed.home / "lines" / "main" / "checkpoints" / "d2-licenses" / "latest"
     deadline = time.monotonic() + 120
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -155,8 +160,9 @@ def test_amr_moves_probability_toward_the_arm_being_forgotten(tmp_path):
     make_drop(root, "a-code", {"c.jsonl": jsonl([t[:4000] for t in python_docs(40)])})
     make_drop(root, "b-english", {"e.jsonl": jsonl([t[:4000] for t in license_docs(8)])})
     make_drop(root, "c-english", {"e.jsonl": jsonl([t[4000:8000] for t in license_docs(8)])})
-    cfg = tiny(tmp_path / "h", **{"train.lr": 3e-3, "train.n_embd": 64, "replay.arms": "drop",
-                                 "replay.prefetch_batches": 1})
+    cfg = tiny(
+        tmp_path / "h", **{"train.lr": 3e-3, "train.n_embd": 64, "replay.arms": "drop", "replay.prefetch_batches": 1}
+    )
     ingest_source(cfg, str(root), show_progress=False)
     memory, line = Memory.open(cfg), Line(cfg.home, "main")
     for drop, steps in (("a-code", 120), ("b-english", 60)):
@@ -188,8 +194,17 @@ def test_bench_command_writes_the_report(tmp_path, stream, monkeypatch):
     assert report["config"]["drops"] == ["d1-code", "d2-licenses", "d3-docs"]
     for name in ("none", "amr"):
         r = report["strategies"][name]
-        assert set(r) >= {"avg_forgetting", "max_forgetting", "rel_avg_forgetting", "final_new_loss", "loss_matrix",
-                          "drops", "sequences", "replay_sequences", "wall_seconds"}
+        assert set(r) >= {
+            "avg_forgetting",
+            "max_forgetting",
+            "rel_avg_forgetting",
+            "final_new_loss",
+            "loss_matrix",
+            "drops",
+            "sequences",
+            "replay_sequences",
+            "wall_seconds",
+        }
         assert r["sequences"] == 3 * 3 * 8 and len(r["loss_matrix"]["rows"]) == 3
     assert report["strategies"]["none"]["replay_sequences"] == 0
     assert report["strategies"]["amr"]["replay_sequences"] == 2 * 3 * 2

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,11 +24,11 @@ from components.gate import Candidate, Champion, decide, override
 from components.registry import RegistryError
 from components.training.model import load_model, save_model
 from components.training.trainer import per_sample_loss
-from tests.conftest import free_port
+from tests.conftest import MLFLOW_ENV
 from tests.helpers import python_docs, settings_for
 
 NAME = "amr-model"
-MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -102,46 +97,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     with pytest.raises(OSError, match="network disabled"):  # the guard is really in place
         socket.create_connection(("192.0.2.1", 443), timeout=1)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (SQLite backend, proxied artifacts) on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
-    cmd += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", "1"]
-    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, root / "server.log")
-        yield SimpleNamespace(url=url, artifacts=root / "artifacts")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this fixture started
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
