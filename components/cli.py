@@ -16,8 +16,15 @@ from rich.table import Table
 
 from components.config import ConfigError, Settings, load_settings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Offline by default: models and tokenizers load from local directories only, and no service phones home.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Continual pre-training with adaptive memory replay."
@@ -159,6 +166,9 @@ def train(
     drop: str | None = typer.Option(None, "--drop", help="Drop to train on (default: the next untrained one)."),
     strategy: str | None = typer.Option(None, "--strategy", help="none | uniform | balanced | amr (default: params)."),
     line_name: str = typer.Option("main", "--line", help="Model line (one continually trained model)."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", help="Data-parallel processes under torchrun (default: train.nproc); gloo on CPU, NCCL on GPU."
+    ),
 ) -> None:
     """Train the line's model on the next (or given) ingested drop with replay, then evaluate it."""
     from components.evaluation import evaluate_line
@@ -166,16 +176,24 @@ def train(
     from components.memory import Memory
     from components.training.loop import train_drop
 
-    cfg = settings(ctx, **{"replay.strategy": strategy})
+    cfg = settings(ctx, **{"replay.strategy": strategy, "train.nproc": nproc})
     memory, line = Memory.open(cfg), Line(cfg.home, line_name)
     todo = [d for d in memory.ingested() if d not in line.trained]
     if drop is None and not todo:
         out.print(f"line {line_name} has trained on every ingested drop ({len(line.trained)}); nothing to do")
         return
     target = drop or todo[0]
-    with _train_progress(err.is_terminal) as bars:
-        task = bars.add_task(f"train {target} ({cfg.replay.strategy})", total=None)
-        result = train_drop(cfg, memory, line, target, progress=lambda s, n: bars.update(task, completed=s, total=n))
+    if cfg.train.nproc > 1:
+        from components.training.distributed import launch
+
+        err.print(f"train {target} ({cfg.replay.strategy}) on {cfg.train.nproc} processes (torchrun)")
+        result = launch(cfg, line, target)
+    else:
+        with _train_progress(err.is_terminal) as bars:
+            task = bars.add_task(f"train {target} ({cfg.replay.strategy})", total=None)
+            result = train_drop(
+                cfg, memory, line, target, progress=lambda s, n: bars.update(task, completed=s, total=n)
+            )
     ev = evaluate_line(cfg, memory, line)
     out.print(
         f"trained {target}: {result.steps} steps, {result.new_sequences} new + {result.replay_sequences} replay "
