@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import cm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -23,7 +24,8 @@ def plot_arm_probabilities(keys: Sequence[str], steps: Sequence[int], probs: Seq
     fig = Figure(figsize=(8, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.stackplot(steps, p.T, labels=list(keys))
+    colors = [cm.tab20(i % 20) for i in range(len(keys))]  # tab10 would repeat colours from the 11th arm on
+    ax.stackplot(steps, p.T, labels=list(keys), colors=colors)
     ax.set_xlabel("training step")
     ax.set_ylabel("replay probability")
     ax.set_ylim(0, 1)
