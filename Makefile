@@ -10,6 +10,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -43,3 +44,18 @@ bench: setup
 
 clean:
 	rm -rf .amr demo-drops .pytest_cache
+
+# The full stack as local processes, no Docker (infra/stack.py): Prefect server, MLflow server (SQLite, artifacts on
+# S3) and moto_server as S3, all on 127.0.0.1. Ports: AMR_STACK_PREFECT_PORT / _MLFLOW_PORT / _S3_PORT; state, logs
+# and pid files under AMR_STACK_DIR. `make demo-stack` runs the demo against it; `make stack-down` stops it.
+.PHONY: stack stack-down demo-stack
+AMR_STACK_DIR ?= .amr/stack
+
+stack: setup
+	AMR_STACK_DIR=$(AMR_STACK_DIR) $(BIN)/python infra/stack.py up
+
+stack-down:
+	AMR_STACK_DIR=$(AMR_STACK_DIR) $(BIN)/python infra/stack.py down
+
+demo-stack: stack
+	set -a && . $(AMR_STACK_DIR)/env && set +a && AMR_HOME=.amr/stack-demo $(BIN)/amr demo

@@ -4,15 +4,23 @@ Two tables live in one LanceDB database (a local directory or `s3://`):
 
 * `sequences`: packed, tokenized sequences (`drop_id`, `split`, `position`, `tokens`, `length`, `cluster`,
   `doc_hash`). Its schema metadata pins the tokenizer and context length, so a memory never mixes them.
-* `drops`: an append-only log of drop records (ingested or rejected), newest record per drop wins.
+* `drops`: an append-only log of drop records (ingested, rejected or rolled-back), newest record per drop wins.
 
 Commit protocol (why a crash never leaves half a drop): a drop is appended to `sequences` in one Lance commit,
-tagged `drop-<id>`, and only then recorded in `drops` with that version. The *memory version* is the newest
-version named by an `ingested` record, and every reader checks `sequences` out at that version, so rows written
-by a process that died before its record are invisible. The next writer restores `sequences` to the memory version
-(a new Lance version with the old contents) and drops the orphan tag before it writes. Writers on one host are
+tagged `drop-<id>`, and only then recorded in `drops` with that version. A drop is *live* when its newest record
+is `ingested`; the *memory version* is the newest version named by a live drop's record, and every reader checks
+`sequences` out at that version, so rows written by a process that died before its record are invisible. The next
+writer restores `sequences` to the memory version (a new Lance version with the old contents, unless the latest
+version already has exactly its data files) and drops the orphan tag before it writes. Writers on one host are
 serialized by a file lock under `$AMR_HOME/locks`; several hosts writing one S3 memory must go through one Prefect
 flow with a concurrency limit of one (see flows/).
+
+Rollback (`set_drops`, used by `amr rollback`) is the same protocol: it appends records, never rewrites history.
+Drops that leave get a `rolled-back` record (newest first), drops that come back get their old `ingested` record
+again with their original commit version (oldest first); after every single record the live drops are exactly the
+contents of the memory version, so a crash mid-rollback leaves a complete, older or newer, memory. Every drop commit
+keeps a tag, so retention never removes what a rollback may need: `drop-<id>` names the drop's newest commit and an
+older commit of a drop that was rolled back and ingested again keeps `superseded-<version>-<id>`.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,8 @@ from components.config import S3Config, Settings
 SEQUENCES = "sequences"
 DROPS = "drops"
 DROP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+INGESTED, REJECTED, ROLLED_BACK = "ingested", "rejected", "rolled-back"
+TAG_PREFIXES = ("drop-", "superseded-")  # the tags this module owns; others (a user's) are left alone
 META_KEYS = ("tokenizer", "vocab_size", "eos_id", "pad_id", "context_length")
 
 DROPS_SCHEMA = pa.schema(
@@ -67,7 +77,7 @@ class MemoryError_(RuntimeError):
 @dataclass
 class DropRecord:
     drop_id: str
-    status: str  # "ingested" | "rejected"
+    status: str  # "ingested" | "rejected" | "rolled-back"
     content_hash: str = ""
     documents: int = 0
     sequences: int = 0
@@ -158,10 +168,13 @@ class Memory:
             latest[rec.drop_id] = rec
         return list(latest.values())
 
+    def live(self) -> list[DropRecord]:
+        """The records of the live drops (newest record `ingested`), in commit order (the order training sees)."""
+        return sorted((r for r in self.drops() if r.status == INGESTED), key=lambda r: r.version)
+
     def ingested(self) -> list[str]:
-        """Ids of ingested drops, in ingest order (the order training sees them)."""
-        done = [r for r in self.records() if r.status == "ingested"]
-        return [r.drop_id for r in sorted({r.drop_id: r for r in done}.values(), key=lambda r: r.version)]
+        """Ids of the live drops, in ingest order (the order training sees them)."""
+        return [r.drop_id for r in self.live()]
 
     def record(self, drop_id: str) -> DropRecord | None:
         return next((r for r in reversed(self.records()) if r.drop_id == drop_id), None)
@@ -169,10 +182,10 @@ class Memory:
     @property
     def version(self) -> int:
         """The last complete memory version (0: nothing was ever written)."""
-        versions = [r.version for r in self.records() if r.status == "ingested"]
+        versions = [r.version for r in self.live()]
         if versions:
             return max(versions)
-        return 1 if self._has(SEQUENCES) else 0
+        return 1 if self._has(SEQUENCES) else 0  # version 1 is the empty table
 
     def meta(self) -> dict[str, Any] | None:
         """Tokenizer and context length the memory was built with, or None for an empty memory."""
@@ -228,7 +241,7 @@ class Memory:
         tags: dict[int, list[str]] = {}
         for name, info in table.tags.list().items():
             tags.setdefault(int(info["version"]), []).append(name)
-        complete = {r.version for r in self.records() if r.status == "ingested"}
+        complete = {r.version for r in self.records() if r.status == INGESTED}
         return [
             {
                 "version": int(v["version"]),
@@ -270,12 +283,37 @@ class Memory:
             return
         table = self.db.open_table(SEQUENCES)
         complete = self.version
-        if table.version != complete:
+        latest = table.to_lance()
+        if table.version != complete and _files(latest) != _files(latest.checkout_version(complete)):
             table.restore(complete)
-        ingested = {f"drop-{d}" for d in self.ingested()}
-        for name in list(table.tags.list()):
-            if name.startswith("drop-") and name not in ingested:
+        self._sync_tags(table)
+
+    def _wanted_tags(self) -> dict[str, int]:
+        """Every drop commit ever recorded keeps a tag: `drop-<id>` the newest, `superseded-<v>-<id>` older ones."""
+        newest: dict[str, int] = {}
+        commits: set[tuple[str, int]] = set()
+        for rec in self.records():
+            if rec.status == INGESTED:
+                newest[rec.drop_id] = rec.version
+                commits.add((rec.drop_id, rec.version))
+        wanted = {f"drop-{d}": v for d, v in newest.items()}
+        return wanted | {f"superseded-{v}-{d}": v for d, v in commits if newest[d] != v}
+
+    def _sync_tags(self, table) -> None:
+        """Make the tags match the records: drop the orphan of a writer that died before its record, add missing."""
+        wanted = self._wanted_tags()
+        have = {name: int(info["version"]) for name, info in table.tags.list().items()}
+        for name in have:
+            if name.startswith(TAG_PREFIXES) and name not in wanted:
                 table.tags.delete(name)
+        existing = {int(v["version"]) for v in table.list_versions()}
+        for name, version in wanted.items():
+            if version not in existing:
+                continue  # cannot happen through amr (drop commits are never cleaned up); nothing to tag
+            if name not in have:
+                table.tags.create(name, version)
+            elif have[name] != version:
+                table.tags.update(name, version)
 
     def _ensure_sequences(self, meta: dict[str, Any]):
         if not self._has(SEQUENCES):
@@ -304,14 +342,49 @@ class Memory:
         table = self._ensure_sequences(meta)
         table.add(rows)
         rec.version = int(table.version)
-        table.tags.create(f"drop-{rec.drop_id}", rec.version)
-        rec.status = "ingested"
+        tag = f"drop-{rec.drop_id}"
+        if tag in table.tags.list():  # a rolled-back drop ingested again: its old commit is re-tagged below
+            table.tags.update(tag, rec.version)
+        else:
+            table.tags.create(tag, rec.version)
+        rec.status = INGESTED
         self._append_record(rec)
+        self._sync_tags(table)
         return rec
 
     def reject_drop(self, rec: DropRecord) -> DropRecord:
         """Record a rejected drop; the sequences table is not touched. Call inside writer()."""
-        rec.status = "rejected"
+        rec.status = REJECTED
         rec.version = self.version
         self._append_record(rec)
         return rec
+
+    def set_drops(self, target: dict[str, int], note: str) -> tuple[list[str], list[str]]:
+        """Make exactly `target` (drop id -> commit version) the live drops; returns (left, came back).
+
+        The rollback / roll-forward commit (see the module docstring for the record order); the caller proves the
+        content first (components.rollback). Call inside writer(); afterwards the table is restored to the target.
+        """
+        commits = {(r.drop_id, r.version): r for r in self.records() if r.status == INGESTED}
+        unknown = sorted(f"{d}@{v}" for d, v in target.items() if (d, v) not in commits)
+        if unknown:
+            raise MemoryError_(f"the memory at {self.uri} never committed {', '.join(unknown)}: is it another memory?")
+        live = {r.drop_id: r for r in self.live()}
+        leaving = sorted((r for d, r in live.items() if target.get(d) != r.version), key=lambda r: -r.version)
+        coming = sorted((v, d) for d, v in target.items() if d not in live or live[d].version != v)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        for rec in leaving:
+            self._append_record(replace(rec, status=ROLLED_BACK, error=note, recorded_at=now))
+        for version, drop_id in coming:
+            self._append_record(replace(commits[(drop_id, version)], recorded_at=now))
+        self._tables.clear()
+        self._recover()
+        return [r.drop_id for r in leaving], [d for _, d in coming]
+
+
+def _files(dataset) -> list[tuple]:
+    """The data files of a Lance version: two versions with the same files hold the same rows."""
+    return [
+        (f.fragment_id, tuple(d.path for d in f.metadata.files), str(f.metadata.deletion_file))
+        for f in dataset.get_fragments()
+    ]

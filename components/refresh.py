@@ -32,6 +32,7 @@ from components.gate import Candidate, Champion, Decision, decide
 from components.lines import Line
 from components.memory import Memory
 from components.plots import plot_arm_probabilities
+from components.training.distributed import launch
 from components.training.loop import TrainResult, train_drop
 from components.training.model import load_model
 
@@ -91,6 +92,8 @@ def open_run(settings: Settings, line: Line, drop_id: str) -> str:
     with registry.start_run(settings, run_name=f"{line.name}-{drop_id}", tags=tags) as run:
         registry.log_params_flat(settings)
         registry.log_memory_input(settings.memory_uri, memory.version, memory.ingested())
+    if line.state.pop("rolled_back_to", None):  # recorded on the first run after the rollback (components.rollback)
+        line.save()
     return run.info.run_id
 
 
@@ -117,9 +120,12 @@ class StepLogger:
 def train_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> TrainResult:
     """Train (resuming from the drop's checkpoint after a crash or a retry) and log the run's training record."""
     registry.configure(settings)
-    logger = StepLogger(run_id)
-    result = train_drop(settings, Memory.open(settings), line, drop_id, on_step=logger)
-    logger.flush()
+    if settings.train.nproc > 1:  # torchrun: rank 0 logs the step metrics into the same run
+        result = launch(settings, line, drop_id, run_id=run_id)
+    else:
+        logger = StepLogger(run_id)
+        result = train_drop(settings, Memory.open(settings), line, drop_id, on_step=logger)
+        logger.flush()
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {

@@ -20,6 +20,7 @@ for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -9,7 +9,11 @@ charged by cutting new-data rows).
 Prefetch: batch plans (row ids) are made `prefetch_batches` steps ahead and fetched from LanceDB in a background
 thread, so the trainer never waits on the store. The bandit therefore sees its feedback with that delay: the plan
 for step t+d is drawn from probabilities updated through step t-1. The pending plans are part of the
-checkpoint, so a resumed run replays exactly the same batches and ends with the same weights.
+checkpoint, so a resumed run replays exactly the same batches and ends with the same weights. On CUDA the
+prefetcher also widens and pins the batch, so the copy to the GPU is asynchronous.
+
+Under torchrun every rank calls `train_drop` with its `Dist`: the same budget split over the ranks, each its own
+replay stream, bandit statistics all-reduced every step, rank 0 alone writing (components/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from components.lines import Line
 from components.memory import Memory
 from components.replay import Arms, ReplaySampler, build_arms, build_sampler
 from components.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from components.training.distributed import Dist, local_slots, rank_rng, rank_states, verify_ranks
 from components.training.model import build_model, load_model
-from components.training.trainer import Trainer
+from components.training.trainer import Trainer, pinned
 
 PROBS_EVERY = 10  # steps between arm-probability snapshots
 
@@ -128,6 +133,8 @@ class TrainResult:
     arm_keys: list[str] = field(default_factory=list)
     arm_probabilities: list[list[float]] = field(default_factory=list)  # snapshot every PROBS_EVERY steps
     arm_probability_steps: list[int] = field(default_factory=list)
+    world_size: int = 1
+    ranks: list[dict] = field(default_factory=list)  # under torchrun: each rank's rows and weight/bandit digests
 
 
 def _new_rows(index, drop_id: str) -> np.ndarray:
@@ -135,15 +142,31 @@ def _new_rows(index, drop_id: str) -> np.ndarray:
     return index.filter(mask).column("_rowid").to_numpy()
 
 
-def _sampler(settings: Settings, arms: Arms | None, line: Line, strategy: str) -> ReplaySampler | None:
+def _sampler(settings: Settings, arms: Arms | None, line: Line, strategy: str, rank: int) -> ReplaySampler | None:
     if arms is None or strategy == "none":
         return None
-    sampler = build_sampler(settings.replay.model_copy(update={"strategy": strategy}), arms)
+    cfg = settings.replay.model_copy(update={"strategy": strategy})
+    sampler = build_sampler(cfg, arms, seed=cfg.seed + rank)
     carried = line.state.get("sampler")
     if carried and carried.get("name") == sampler.name:
         sampler.load_state_dict(carried)  # Q values and RNG carry over; new arms join (see replay.base)
+        sampler.rng = rank_rng(sampler.rng, rank)  # rank 0's saved stream; the other ranks jump off it
     sampler.set_reference(line.state.get("arm_ref", {}))
     return sampler
+
+
+def _resume(extra: dict, cursor: NewDataCursor, sampler: ReplaySampler | None, rank: int, world: int) -> list[Plan]:
+    """Restore the data cursor, the sampler and this rank's prefetched plans from a checkpoint's `extra`."""
+    saved = extra.get("world_size", 1)
+    if saved != world:
+        raise ValueError(f"the checkpoint was written by {saved} process(es): resume with train.nproc = {saved}")
+    cursor.load_state_dict(extra["cursor"])
+    own = extra["ranks"][rank] if world > 1 else extra
+    if sampler is not None:
+        sampler.load_state_dict(extra["sampler"])
+        if world > 1:
+            sampler.rng.bit_generator.state = own["rng"]
+    return [Plan.from_dict(p) for p in own["pending"]]
 
 
 def train_drop(
@@ -154,9 +177,14 @@ def train_drop(
     strategy: str | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    dist: Dist | None = None,
 ) -> TrainResult:
-    """Train `line`'s model on `drop_id`, replaying its past drops; resumes from the drop's last checkpoint."""
+    """Train `line`'s model on `drop_id`, replaying its past drops; resumes from the drop's last checkpoint.
+
+    Under torchrun every rank calls this with its `dist`; `on_step` and `progress` are wanted on rank 0 only.
+    """
     strategy = strategy or settings.replay.strategy
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     if drop_id in line.trained:
         raise ValueError(f"{line.name} has already trained on drop {drop_id}")
     version = memory.version
@@ -164,20 +192,21 @@ def train_drop(
     index = memory.index(version)
     past = [d for d in line.trained if d in set(index.column("drop_id").to_pylist())]
     arms = build_arms(index, past, settings.replay.arms) if past else None
-    sampler = _sampler(settings, arms, line, strategy)
+    sampler = _sampler(settings, arms, line, strategy, rank)
     new_rows = _new_rows(index, drop_id)
     if new_rows.size == 0:
         raise ValueError(f"drop {drop_id} has no train sequences in memory version {version}; ingest it first")
     budget = plan_budget(
         len(new_rows), settings, sampler is not None, sampler.extra_forward_sequences if sampler else 0
     )
+    slots = local_slots(budget.n_new, budget.n_replay, budget.batch_size, rank, world)
 
     model = (
         load_model(line.model_dir)
         if line.model_dir
         else build_model(settings.train, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])
     )
-    trainer = Trainer(model, settings.train, budget.steps)
+    trainer = Trainer(model, settings.train, budget.steps, device=dist.device if dist else None, dist=dist)
     seed = settings.train.seed + len(line.trained)  # the same refresh gets the same seed in every process
     torch.manual_seed(seed)  # dropout; a resumed run restores the RNG from its checkpoint instead
     cursor = NewDataCursor(new_rows, seed)
@@ -185,16 +214,17 @@ def train_drop(
     pending: list[Plan] = []
     resumed = 0
     if (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        extra = load_checkpoint(ckpt, model, trainer)
-        cursor.load_state_dict(extra["cursor"])
-        if sampler is not None:
-            sampler.load_state_dict(extra["sampler"])
-        pending = [Plan.from_dict(p) for p in extra["pending"]]
+        pending = _resume(load_checkpoint(ckpt, model, trainer), cursor, sampler, rank, world)
         resumed = trainer.step_idx
 
     def make_plan(step: int) -> Plan:
-        replay_ids, arm_idx = sampler.sample(budget.n_replay) if sampler else (np.zeros(0, np.uint64),) * 2
-        return Plan(step, cursor.next(budget.n_new), replay_ids, np.asarray(arm_idx, np.int64))
+        replay_ids, arm_idx = sampler.sample(slots.n_replay) if sampler else (np.zeros(0, np.uint64),) * 2
+        new_ids = cursor.next(budget.n_new)[slots.new_start : slots.new_start + slots.n_new]  # this rank's share
+        return Plan(step, new_ids, replay_ids, np.asarray(arm_idx, np.int64))
+
+    def fetch(ids: np.ndarray) -> tuple:
+        tokens, lengths = memory.take(ids, version)
+        return pinned(tokens, lengths) if trainer.device.type == "cuda" else (tokens, lengths)
 
     result = TrainResult(
         drop_id,
@@ -216,7 +246,7 @@ def train_drop(
 
         def submit(plan: Plan) -> tuple[Plan, Future]:
             ids = np.concatenate([plan.new_ids, plan.replay_ids])
-            return plan, pool.submit(memory.take, ids, version)
+            return plan, pool.submit(fetch, ids)
 
         queue: deque[tuple[Plan, Future]] = deque(submit(p) for p in pending)
         next_step = trainer.step_idx + len(queue)
@@ -228,17 +258,20 @@ def train_drop(
             if next_step < budget.steps:
                 queue.append(submit(make_plan(next_step)))
                 next_step += 1
+            wait = time.perf_counter()
             tokens, lengths = future.result()
             tick = time.perf_counter()
             losses = trainer.step(tokens, lengths)
             if sampler is not None:
-                sampler.update(plan.arm_idx, losses[len(plan.new_ids) :])
+                feedback = sampler.arm_stats(plan.arm_idx, losses[len(plan.new_ids) :])
+                sampler.update_from_stats(*(dist.all_reduce_sum(*feedback) if dist else feedback))
                 np.add.at(replay_arm_counts, plan.arm_idx, 1)
             step = trainer.step_idx
             stats = dict(
                 trainer.last_stats,
                 replay_share=len(plan.replay_ids) / len(losses),
-                sequences_per_s=len(losses) / (time.perf_counter() - tick),
+                sequences_per_s=len(losses) * world / (time.perf_counter() - tick),
+                data_wait_s=tick - wait,  # time the trainer waited on the prefetcher (LanceDB); ~0 when it keeps up
             )
             if sampler is not None and (step % PROBS_EVERY == 0 or step == budget.steps):
                 probs = sampler.probabilities().tolist()
@@ -255,13 +288,27 @@ def train_drop(
                     "sampler": sampler.state_dict() if sampler else None,
                     "pending": [p.to_dict() for p, _ in queue],
                 }
-                save_checkpoint(ckpt_dir, model, trainer, extra)
+                if dist is not None:  # a collective: every rank's stream and plans, saved by rank 0
+                    rng = sampler.rng.bit_generator.state if sampler else None
+                    extra |= rank_states(dist, rng, extra["pending"])
+                if dist is None or dist.is_main:
+                    save_checkpoint(ckpt_dir, model, trainer, extra)
             result.final_loss = stats["loss"]
     result.wall_seconds = time.perf_counter() - start
     result.replay_sequences = budget.steps * budget.n_replay
     result.new_sequences = budget.steps * budget.n_new
+    if dist is not None:
+        (replay_arm_counts,) = dist.all_reduce_sum(replay_arm_counts)
     if sampler is not None:
         for key_drop, count in zip(arms.drop_ids, replay_arm_counts.tolist(), strict=True):
             result.replay_by_drop[key_drop] = result.replay_by_drop.get(key_drop, 0) + count
-    line.commit_training(model, drop_id, version, sampler.state_dict() if sampler else None, result)
+    sampler_state = sampler.state_dict() if sampler else None
+    if dist is not None:
+        result.world_size = world
+        rows = {"new_sequences": budget.steps * slots.n_new, "replay_sequences": budget.steps * slots.n_replay}
+        result.ranks = verify_ranks(dist, model, sampler_state, rows)
+    if dist is None or dist.is_main:
+        line.commit_training(model, drop_id, version, sampler_state, result)
+    if dist is not None:
+        dist.barrier()  # the line is committed before any rank returns
     return result

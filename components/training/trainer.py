@@ -4,6 +4,10 @@ The adaptive sampler's signal is each replayed sequence's own loss, taken from t
 pass at no extra cost. So the trainer computes token losses itself from the logits (one forward,
 `cross_entropy(reduction="none")`), averages them per row for the sampler and over all real tokens of
 the batch for the backward pass.
+
+Under torchrun the model is wrapped in DDP and each rank steps on its share of the global batch; the loss is
+scaled so that DDP's average over ranks gives the mean over every real token of the global batch, and gradient
+accumulation skips DDP's all-reduce (`no_sync`) on all but the last micro-batch.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +25,9 @@ from transformers import PreTrainedModel
 
 from components.config import TrainConfig
 from components.training.schedule import get_lr
+
+if TYPE_CHECKING:
+    from components.training.distributed import Dist
 
 IGNORE = -100  # label of padding positions, as in Hugging Face
 
@@ -41,6 +49,8 @@ def configure_torch(device: torch.device) -> None:
     """
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
@@ -53,14 +63,24 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _as_tensors(tokens, lengths, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pinned(tokens: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host batch widened to int64 in page-locked memory (the prefetcher's job), so the GPU copy is asynchronous."""
+    return torch.as_tensor(tokens).long().pin_memory(), torch.as_tensor(lengths).long().pin_memory()
+
+
+def _host_tensors(tokens, lengths) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.as_tensor(tokens).long()  # embeddings index with int64; int32 from the memory is widened here
     lengths = torch.as_tensor(lengths).long()
     if tokens.ndim != 2 or lengths.shape != (tokens.shape[0],):
         raise ValueError(f"expected tokens [B, L] and lengths [B], got {list(tokens.shape)} and {list(lengths.shape)}")
     if bool((lengths < 0).any()) or bool((lengths > tokens.shape[1]).any()):
         raise ValueError(f"lengths must lie in [0, {tokens.shape[1]}], got {lengths.tolist()}")
-    return tokens.to(device), lengths.to(device)
+    return tokens, lengths
+
+
+def _as_tensors(tokens, lengths, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, lengths = _host_tensors(tokens, lengths)
+    return tokens.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
 
 
 def _row_losses(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -86,7 +106,12 @@ class Trainer:
     """AdamW over a causal LM with the per-refresh warm-up + cosine schedule; resumable via `state_dict()`."""
 
     def __init__(
-        self, model: PreTrainedModel, cfg: TrainConfig, total_steps: int, device: str | torch.device | None = None
+        self,
+        model: PreTrainedModel,
+        cfg: TrainConfig,
+        total_steps: int,
+        device: str | torch.device | None = None,
+        dist: Dist | None = None,
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -94,7 +119,9 @@ class Trainer:
         self.total_steps = total_steps
         self.device = resolve_device(device if device is not None else cfg.device)
         configure_torch(self.device)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # the plain module: what checkpoints and commits save
+        self.dist = dist
+        self.forward_module = dist.wrap(self.model) if dist else self.model  # DDP syncs gradients in its backward
         self.optimizer = self._build_optimizer()
         self.step_idx = 0
         self.last_stats: dict[str, float] = {}
@@ -114,7 +141,8 @@ class Trainer:
         return get_lr(step, self.total_steps, self.cfg.lr, self.cfg.warmup_steps, self.cfg.lr * self.cfg.min_lr_ratio)
 
     def _micro_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for idx in torch.tensor_split(torch.arange(batch_size), self.cfg.grad_accum):
+        # row indices made on the device: a host-made index would cost a blocking copy per micro-batch on CUDA
+        for idx in torch.tensor_split(torch.arange(batch_size, device=self.device), self.cfg.grad_accum):
             if len(idx):
                 yield idx
 
@@ -126,32 +154,42 @@ class Trainer:
         yields the same gradient as one big batch.
         """
         start = time.perf_counter()
-        tokens, lengths = _as_tensors(tokens, lengths, self.device)
-        n_tokens = int((lengths - 1).clamp(min=0).sum())
+        tokens, lengths = _host_tensors(tokens, lengths)
+        n_tokens = int((lengths - 1).clamp(min=0).sum())  # counted on the host: no GPU sync
+        if self.dist:
+            n_tokens = int(self.dist.all_reduce_sum(n_tokens)[0])  # the global batch's tokens
         if n_tokens == 0:
             raise ValueError("the batch has no token to predict (every row is shorter than 2 tokens)")
+        tokens, lengths = tokens.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
         self.model.train()
         lr = self.lr_at(self.step_idx)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sums = torch.zeros(len(tokens), device=self.device)
         counts = torch.zeros(len(tokens), dtype=torch.long, device=self.device)
-        for idx in self._micro_batches(len(tokens)):
-            idx = idx.to(self.device)
-            with autocast(self.device):
-                row_sum, row_count = _row_losses(self.model, tokens[idx], lengths[idx])
-            (row_sum.sum() / n_tokens).backward()
+        micro = list(self._micro_batches(len(tokens)))
+        for i, idx in enumerate(micro):
+            last = i == len(micro) - 1
+            with contextlib.nullcontext() if last or not self.dist else self.forward_module.no_sync():
+                with autocast(self.device):
+                    row_sum, row_count = _row_losses(self.forward_module, tokens[idx], lengths[idx])
+                loss = row_sum.sum() / n_tokens
+                # DDP averages the gradients over ranks; scaling by the world size turns that into the sum
+                (loss * self.dist.world_size if self.dist else loss).backward()
             sums[idx], counts[idx] = row_sum.detach(), row_count
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_idx += 1
         losses = _mean_per_row(sums, counts)  # copies to the host, so the timing below includes the GPU work
+        total = sums.sum().item()
+        if self.dist:
+            total = float(self.dist.all_reduce_sum(total)[0])
         elapsed = time.perf_counter() - start
         self.last_stats = {
             "lr": lr,
             "grad_norm": float(grad_norm),
-            "loss": float(sums.sum().item() / n_tokens),
+            "loss": float(total / n_tokens),
             "tokens": float(n_tokens),
             "tokens_per_s": n_tokens / elapsed if elapsed > 0 else float("inf"),
         }
