@@ -307,7 +307,7 @@ def _print_reports(reports: list[dict]) -> None:
 
 
 def _run_refresh(ctx: typer.Context, source: str, force: bool, line: str, strategy: str | None, wait: float) -> list:
-    from components.refresh import RefreshBusy
+    from components.locks import RefreshBusy
     from flows.refresh import refresh as refresh_flow
 
     settings(ctx)  # fail fast, with the key and value, on a bad configuration
@@ -431,12 +431,21 @@ def demo(
         _print_eval(line.matrix, forgetting(line.matrix), line.root / "eval" / "loss_matrix.png")
     uri = configure(cfg)
     out.rule("look at the results")
+    where = f"experiment '{cfg.mlflow.experiment}', model '{cfg.mlflow.registered_model}'"
+    if uri.startswith(("http://", "https://")):
+        out.print(f"MLflow:  open {uri}   ({where})", highlight=False)
+    else:
+        out.print(
+            f"MLflow:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000, {where})",
+            highlight=False,
+        )
+    api = os.environ.get("PREFECT_API_URL")
     out.print(
-        f"MLflow:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000, experiment "
-        f"'{cfg.mlflow.experiment}', model '{cfg.mlflow.registered_model}')",
+        f"Prefect: open {api.removesuffix('/api')}   (flow runs and the gate artifacts)"
+        if api
+        else "Prefect: .venv/bin/prefect server start   (then http://127.0.0.1:4200: flow runs and gate artifacts)",
         highlight=False,
     )
-    out.print("Prefect: prefect server start   (then open http://127.0.0.1:4200: flow runs and gate artifacts)")
     out.print("Memory:  amr memory   |   amr memory versions   |   amr evaluate", highlight=False)
 
 
@@ -473,7 +482,7 @@ def memory_cleanup(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Remove old memory versions, never a tagged one or one a registered model was trained on; says why."""
-    from components.refresh import RefreshBusy
+    from components.locks import RefreshBusy
     from components.retention import cleanup
 
     cfg = settings(ctx)
@@ -512,9 +521,9 @@ def rollback(
 ) -> None:
     """Restore the drops (DVC) and the memory (its version recorded at REV) to revision REV, proven by hash."""
     from components.dvcrepo import RepoError
+    from components.locks import RefreshBusy
     from components.memlock import LockError
     from components.memory import MemoryError_
-    from components.refresh import RefreshBusy
     from components.rollback import rollback as do_rollback
 
     cfg = settings(ctx)

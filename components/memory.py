@@ -25,11 +25,9 @@ older commit of a drop that was rolled back and ingested again keeps `superseded
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -42,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from components.config import S3Config, Settings
+from components.locks import exclusive
 
 SEQUENCES = "sequences"
 DROPS = "drops"
@@ -258,25 +257,17 @@ class Memory:
     @contextmanager
     def writer(self, wait_seconds: float = 600.0) -> Iterator[Memory]:
         """Exclusive write access on this host; recovers from a writer that died mid-commit."""
-        with open(self.lock_path, "a+") as handle:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise MemoryError_(
-                            f"another process has held {self.lock_path} for {wait_seconds:.0f}s; is an ingest stuck?"
-                        ) from None
-                    time.sleep(0.2)
+
+        def busy(holder: str) -> MemoryError_:
+            return MemoryError_(f"{holder} has held {self.lock_path} for {wait_seconds:.0f}s; is an ingest stuck?")
+
+        with exclusive(self.lock_path, wait_seconds, busy):
             try:
                 self._tables.clear()
                 self._recover()
                 yield self
             finally:
                 self._tables.clear()
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _recover(self) -> None:
         if not self._has(SEQUENCES):

@@ -11,10 +11,8 @@ retried step logs into the same run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +23,12 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from components import registry
+from components import locks, registry
 from components.config import Settings
 from components.evaluation import Evaluation, evaluate_line, measure
 from components.gate import Candidate, Champion, Decision, decide
 from components.lines import Line
+from components.locks import RefreshBusy  # noqa: F401  (re-exported for the CLI and tests)
 from components.memory import Memory
 from components.plots import plot_arm_probabilities
 from components.training.distributed import launch
@@ -39,40 +38,11 @@ from components.training.model import load_model
 FLUSH_EVERY = 20  # steps of metrics sent to MLflow in one batch
 
 
-class RefreshBusy(RuntimeError):
-    """Another refresh holds this AMR_HOME; refreshes never train in parallel on the same memory."""
-
-
 @contextmanager
 def refresh_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None]:
-    """One refresh at a time per AMR_HOME: a second one waits `wait_seconds`, then fails with who holds it."""
-    path = settings.home / "locks" / "refresh.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "unknown process"
-                    raise RefreshBusy(
-                        f"another refresh is running on {settings.home} ({holder}); it must finish first. "
-                        "Wait for it, or pass --wait SECONDS to queue behind it."
-                    ) from None
-                time.sleep(0.5)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One refresh at a time per AMR_HOME: a second one waits `wait_seconds`, then fails naming who holds it."""
+    with locks.refresh_lock(settings.home, wait_seconds):
+        yield
 
 
 def drops_to_train(settings: Settings, line: Line, force: bool = False) -> list[str]:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from components.config import Settings
+from components.locks import refresh_lock
 from components.memory import DROPS, INGESTED, SEQUENCES, Memory
 
 DEFAULT_DAYS = 7.0  # like Lance's own default: a reader that checked out a version a minute ago keeps it
@@ -86,10 +87,8 @@ def model_references(settings: Settings) -> dict[int, list[str]]:
 
 def cleanup(settings: Settings, older_than_days: float = DEFAULT_DAYS, dry_run: bool = False) -> CleanupReport:
     """Remove unprotected versions older than `older_than_days`; see the module docstring for what is kept."""
-    from components.refresh import refresh_lock
-
     memory = Memory.open(settings)
-    with refresh_lock(settings), memory.writer() as mem:
+    with refresh_lock(settings.home), memory.writer() as mem:
         versions = mem.versions()
         if not versions:
             return CleanupReport({}, [], dry_run=dry_run, notes=["the memory is empty: nothing to clean up"])

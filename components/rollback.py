@@ -27,6 +27,7 @@ from typing import Any
 from components import dvcrepo
 from components.config import Settings
 from components.lines import Line, write_json_atomic
+from components.locks import refresh_lock
 from components.memlock import LOCK_FILE, LOCK_FORMAT, LockError, content_hash, drop_digests, prove
 from components.memory import Memory
 
@@ -158,8 +159,6 @@ class RollbackReport:
 
 def rollback(settings: Settings, rev: str, lock_path: Path = Path(LOCK_FILE), cwd: Path | None = None):
     """Restore the drops and the memory to what they were at `rev`; see the module docstring."""
-    from components.refresh import refresh_lock
-
     cwd = Path.cwd() if cwd is None else cwd
     repo = dvcrepo.repo_root(cwd)
     commit = dvcrepo.resolve(repo, rev)
@@ -172,7 +171,7 @@ def rollback(settings: Settings, rev: str, lock_path: Path = Path(LOCK_FILE), cw
     before, version_before = memory.live(), memory.version
     prove(memory, target)
     note = f"{rev} ({commit[:12]}, memory version {target['memory_version']})"
-    with refresh_lock(settings):
+    with refresh_lock(settings.home):
         files, how = dvcrepo.restore(repo, commit)
         (repo / rel).write_bytes(raw)
         with memory.writer() as mem:
