@@ -1,0 +1,54 @@
+"""The `amr` app, its shared options and consoles; the commands live in the sibling modules.
+
+Exit codes: 0 success; 1 failure (bad configuration, unreachable store, crash); 2 bad data (a drop rejected or
+refused, a gate that said no where that is asked to fail).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from components.config import ConfigError, Settings, load_settings
+
+# Offline by default: models and tokenizers load from local directories only, and no service phones home.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Continual pre-training with adaptive memory replay."
+)
+memory_app = typer.Typer(help="Inspect the LanceDB memory.", invoke_without_command=True)
+app.add_typer(memory_app, name="memory")
+out = Console()
+err = Console(stderr=True)
+
+
+def settings(ctx: typer.Context, **overrides) -> Settings:
+    try:
+        return load_settings(ctx.find_root().obj, **overrides)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    params: Path | None = typer.Option(None, "--params", help="Params file (default ./params.yaml).", dir_okay=False),
+) -> None:
+    ctx.obj = params
+
+
+bench_app = typer.Typer(help="Benchmarks built into the CLI.")
+app.add_typer(bench_app, name="bench")

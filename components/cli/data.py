@@ -1,0 +1,168 @@
+"""`amr ingest` and `amr memory ...`: drops into the LanceDB memory, and what the memory holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from components.cli.base import app, err, memory_app, out, settings
+from components.config import Settings
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Drops root: a directory or s3://bucket/prefix."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON, no progress bars."),
+) -> None:
+    """Ingest every ready drop of SOURCE into the memory (idempotent; bad drops are quarantined)."""
+    from components.ingest import exit_code, ingest_source
+
+    cfg = settings(ctx)
+    try:
+        results = ingest_source(cfg, source, show_progress=not as_json and err.is_terminal)
+    except Exception as exc:
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    code = exit_code(results)
+    if as_json:
+        print(json.dumps({"results": [r.to_dict() for r in results], "exit_code": code}, indent=2))
+    else:
+        colors = {"ingested": "green", "present": "cyan", "pending": "yellow"}
+        for r in results:
+            color = colors.get(r.status, "red")
+            out.print(f"[{color}]{r.status:>9}[/{color}] {r.drop_id}: {r.message}", highlight=False)
+        if not results:
+            out.print(f"no drops under {source}")
+    raise typer.Exit(code)
+
+
+def memory_json(cfg: Settings, source: str | None) -> dict:
+    from components.memory import Memory
+
+    memory = Memory.open(cfg)
+    drops = [
+        {k: getattr(r, k) for k in ("drop_id", "status", "documents", "sequences", "holdout_sequences", "tokens")}
+        | {"clusters": r.clusters, "version": r.version, "error": r.error or None}
+        for r in memory.drops()
+    ]
+    if source:
+        from components.drops import open_source
+
+        known = {d["drop_id"] for d in drops}
+        blank = {"documents": 0, "sequences": 0, "holdout_sequences": 0, "tokens": 0, "clusters": 0, "version": None}
+        for ref in open_source(source, cfg.s3).list_drops():
+            if ref.drop_id not in known:  # ready or not, it is not in the memory yet
+                drops.append({"drop_id": ref.drop_id, "status": "pending", **blank, "error": None})
+    return {"version": memory.version, "drops": drops}
+
+
+@memory_app.callback()
+def memory(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    source: str | None = typer.Option(None, "--source", help="Also list this source's drops not ingested yet."),
+) -> None:
+    """Show the memory version and every drop."""
+    if ctx.invoked_subcommand:
+        return
+    data = memory_json(settings(ctx), source)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"memory version {data['version']}")
+    for col in ("drop", "status", "docs", "train seqs", "holdout", "tokens", "clusters", "version", "error"):
+        table.add_column(col)
+    for d in data["drops"]:
+        table.add_row(
+            d["drop_id"],
+            d["status"],
+            str(d["documents"]),
+            str(d["sequences"]),
+            str(d["holdout_sequences"]),
+            str(d["tokens"]),
+            str(d["clusters"]),
+            str(d["version"] or "-"),
+            (d["error"] or "")[:200],
+        )
+    out.print(table)
+
+
+@memory_app.command("versions")
+def memory_versions(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the memory's LanceDB versions and their tags."""
+    from components.memory import Memory
+
+    versions = Memory.open(settings(ctx)).versions()
+    if as_json:
+        print(json.dumps(versions, indent=2))
+        return
+    table = Table(title="memory versions (drop commits are complete memory versions)")
+    for col in ("version", "timestamp", "rows", "tags", "drop commit"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(str(v["version"]), v["timestamp"], str(v["rows"]), ", ".join(v["tags"]), "yes" * v["drop_commit"])
+    out.print(table)
+
+
+@memory_app.command("lock")
+def memory_lock(
+    ctx: typer.Context,
+    out_file: Path = typer.Option(Path("memory.lock.json"), "--out", help="Lock file to write (kept in git)."),
+) -> None:
+    """Write the memory's lock file: version, live drops and the content hash of every row (DVC ingest stage)."""
+    from components.memlock import LockError, write_lock
+    from components.memory import Memory, MemoryError_
+
+    cfg = settings(ctx)
+    try:
+        lock = write_lock(Memory.open(cfg), out_file)
+    except (MemoryError_, LockError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(
+        f"{out_file}: memory version {lock['memory_version']}, {len(lock['drops'])} drops, {lock['rows']} rows, "
+        f"content {lock['content_hash'][:12]}",
+        highlight=False,
+    )
+
+
+@memory_app.command("cleanup")
+def memory_cleanup(
+    ctx: typer.Context,
+    older_than: float = typer.Option(7.0, "--older-than", min=0.0, help="Remove only versions older than DAYS."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; remove nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Remove old memory versions, never a tagged one or one a registered model was trained on; says why."""
+    from components.locks import RefreshBusy
+    from components.retention import cleanup
+
+    cfg = settings(ctx)
+    try:
+        report = cleanup(cfg, older_than, dry_run)
+    except RefreshBusy as exc:
+        err.print(f"[yellow]busy:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(3) from None
+    except Exception as exc:  # e.g. the MLflow registry unreachable: nothing was removed (fail closed)
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(title="memory versions kept")
+    table.add_column("version", justify="right")
+    table.add_column("why")
+    for version, reasons in sorted(report.kept.items()):
+        table.add_row(str(version), "; ".join(reasons))
+    out.print(table)
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"{verb} {len(report.removed)} versions: {report.removed or '-'}", highlight=False)
+    if not dry_run:
+        before, after = report.log_fragments
+        out.print(f"freed {report.bytes_removed} bytes; drops log compacted from {before} to {after} fragments")
+    for note in report.notes:
+        out.print(note)

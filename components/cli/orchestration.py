@@ -1,0 +1,180 @@
+"""`amr refresh`, `amr serve`, `amr promote`, `amr rollback-model` and `amr demo`: the Prefect flow and the registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from components.cli.base import app, err, out, settings
+from components.cli.training import print_eval
+
+
+def _print_reports(reports: list[dict]) -> None:
+    table = Table(title="refresh: gate decisions")
+    for col in ("drop", "model version", "decision", "avg forgetting", "max forgetting", "new-drop loss", "steps"):
+        table.add_column(col)
+    for r in reports:
+        decision = "[green]champion[/green]" if r["promote"] else "[red]rejected[/red]"
+        table.add_row(
+            r["drop_id"],
+            r["version"],
+            decision,
+            f"{r['forgetting_avg']:.4f}",
+            f"{r['forgetting_max']:.4f}",
+            f"{r['plasticity']:.4f}",
+            str(r["steps"]),
+        )
+    out.print(table)
+    for r in reports:
+        failed = [x for x in r["reasons"] if x.startswith(("fail", "reject"))]
+        if failed:
+            out.print(f"[red]{r['drop_id']}[/red]: " + "; ".join(failed), highlight=False)
+
+
+def _run_refresh(ctx: typer.Context, source: str, force: bool, line: str, strategy: str | None, wait: float) -> list:
+    from components.locks import RefreshBusy
+    from flows.refresh import refresh as refresh_flow
+
+    settings(ctx)  # fail fast, with the key and value, on a bad configuration
+    params = ctx.find_root().obj
+    try:
+        return refresh_flow(
+            source=source,
+            params=str(params) if params else None,
+            force=force,
+            line=line,
+            strategy=strategy,
+            wait_seconds=wait,
+        )
+    except RefreshBusy as exc:
+        err.print(f"[yellow]busy:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(3) from None
+
+
+@app.command()
+def refresh(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Drops root: a directory or s3://bucket/prefix."),
+    force: bool = typer.Option(False, "--force", help="With no new drop, redo the last drop's refresh."),
+    line: str = typer.Option("main", "--line", help="Model line."),
+    strategy: str | None = typer.Option(None, "--strategy", help="Replay strategy (default: params)."),
+    wait: float = typer.Option(0.0, "--wait", help="Seconds to queue behind a running refresh (else exit 3)."),
+) -> None:
+    """The main job: ingest, train with replay, evaluate, register and gate every new drop (a Prefect flow)."""
+    reports = _run_refresh(ctx, source, force, line, strategy, wait)
+    if reports:
+        _print_reports(reports)
+    else:
+        out.print("no new drop to train on")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Drops root watched by every scheduled refresh."),
+    cron: str = typer.Option("0 3 * * *", "--cron", help="Cron schedule of the refresh deployment."),
+    name: str = typer.Option("amr-refresh", "--name", help="Deployment name."),
+) -> None:
+    """Serve the refresh flow on this machine on a cron schedule (Prefect `flow.serve`; Ctrl-C stops it)."""
+    from flows.refresh import refresh as refresh_flow
+
+    settings(ctx)
+    params = ctx.find_root().obj
+    refresh_flow.serve(
+        name=name, cron=cron, parameters={"source": source, "params": str(params) if params else None}, limit=1
+    )
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="Registered model version to make champion."),
+    note: str = typer.Option("", "--note", help="Why (recorded on the version)."),
+) -> None:
+    """Manual override: make VERSION the champion, whatever the gate said (recorded as manual)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from components import registry
+    from components.gate import override
+
+    cfg = settings(ctx)
+    registry.configure(cfg)
+    try:
+        mv = registry.set_champion(
+            MlflowClient(),
+            cfg.mlflow.registered_model,
+            version,
+            override(None, note or f"amr promote {version}"),
+            manual=True,
+        )
+    except (registry.RegistryError, MlflowException) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"{cfg.mlflow.registered_model} version {mv.version} is champion (manual override)")
+
+
+@app.command("rollback-model")
+def rollback_model(ctx: typer.Context) -> None:
+    """Move `champion` back to the `previous` version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from components import registry
+
+    cfg = settings(ctx)
+    registry.configure(cfg)
+    try:
+        mv = registry.rollback_champion(MlflowClient(), cfg.mlflow.registered_model)
+    except (registry.RegistryError, MlflowException) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"{cfg.mlflow.registered_model}: champion is back to version {mv.version}")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    drops_dir: Path = typer.Option(Path("demo-drops"), help="Where to build the demo drops."),
+) -> None:
+    """Build demo drops from real text on this machine and run the full refresh over them."""
+    from components.demo import build_demo_drops
+    from components.registry import configure
+
+    cfg = settings(ctx)
+    out.rule("amr demo")
+    dirs = build_demo_drops(drops_dir)
+    out.print(f"built {len(dirs)} demo drops from real text on this machine under {drops_dir}/")
+    reports = _run_refresh(ctx, str(drops_dir), False, "main", None, 0.0)
+    if reports:
+        _print_reports(reports)
+    from components.lines import Line
+    from components.metrics import forgetting
+
+    line = Line(cfg.home, "main")
+    if line.state.get("loss_matrix"):
+        print_eval(line.matrix, forgetting(line.matrix), line.root / "eval" / "loss_matrix.png")
+    uri = configure(cfg)
+    out.rule("look at the results")
+    where = f"experiment '{cfg.mlflow.experiment}', model '{cfg.mlflow.registered_model}'"
+    if uri.startswith(("http://", "https://")):
+        out.print(f"MLflow:  open {uri}   ({where})", highlight=False)
+    else:
+        out.print(
+            f"MLflow:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000, {where})",
+            highlight=False,
+        )
+    api = os.environ.get("PREFECT_API_URL")
+    out.print(
+        f"Prefect: open {api.removesuffix('/api')}   (flow runs and the gate artifacts)"
+        if api
+        else "Prefect: .venv/bin/prefect server start   (then http://127.0.0.1:4200: flow runs and gate artifacts)",
+        highlight=False,
+    )
+    out.print("Memory:  amr memory   |   amr memory versions   |   amr evaluate", highlight=False)
+
+
+# ---- data versioning: lock file, rollback, retention, DVC stage outputs --------------------------------------

@@ -1,0 +1,143 @@
+"""`amr train`, `amr evaluate` and `amr bench forgetting`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from components.cli.base import app, bench_app, err, out, settings
+
+
+def _train_progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled,
+    )
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    drop: str | None = typer.Option(None, "--drop", help="Drop to train on (default: the next untrained one)."),
+    strategy: str | None = typer.Option(None, "--strategy", help="none | uniform | balanced | amr (default: params)."),
+    line_name: str = typer.Option("main", "--line", help="Model line (one continually trained model)."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", help="Data-parallel processes under torchrun (default: train.nproc); gloo on CPU, NCCL on GPU."
+    ),
+) -> None:
+    """Train the line's model on the next (or given) ingested drop with replay, then evaluate it."""
+    from components.evaluation import evaluate_line
+    from components.lines import Line
+    from components.memory import Memory
+    from components.training.loop import train_drop
+
+    cfg = settings(ctx, **{"replay.strategy": strategy, "train.nproc": nproc})
+    memory, line = Memory.open(cfg), Line(cfg.home, line_name)
+    todo = [d for d in memory.ingested() if d not in line.trained]
+    if drop is None and not todo:
+        out.print(f"line {line_name} has trained on every ingested drop ({len(line.trained)}); nothing to do")
+        return
+    target = drop or todo[0]
+    if cfg.train.nproc > 1:
+        from components.training.distributed import launch
+
+        err.print(f"train {target} ({cfg.replay.strategy}) on {cfg.train.nproc} processes (torchrun)")
+        result = launch(cfg, line, target)
+    else:
+        with _train_progress(err.is_terminal) as bars:
+            task = bars.add_task(f"train {target} ({cfg.replay.strategy})", total=None)
+            result = train_drop(
+                cfg, memory, line, target, progress=lambda s, n: bars.update(task, completed=s, total=n)
+            )
+    ev = evaluate_line(cfg, memory, line)
+    out.print(
+        f"trained {target}: {result.steps} steps, {result.new_sequences} new + {result.replay_sequences} replay "
+        f"sequences, final loss {result.final_loss:.4f}, {result.wall_seconds:.1f}s"
+        + (f" (resumed at step {result.resumed_from_step})" if result.resumed_from_step else "")
+    )
+    print_eval(ev.matrix, ev.forgetting, ev.artifacts["png"])
+
+
+def print_eval(m, f, png: Path) -> None:
+    """The loss matrix L[t][j] and the forgetting figures of its last row."""
+    table = Table(title="held-out loss L\\[t]\\[j] (nats/token); row t = after training drop t")
+    table.add_column("after")
+    for d in m.drops:
+        table.add_column(d, justify="right")
+    for label, row in zip(m.rows, m.values, strict=True):
+        table.add_row(label, *("-" if v != v else f"{v:.4f}" for v in row))
+    out.print(table)
+    out.print(
+        f"forgetting avg {f.avg:.4f}  max {f.max:.4f}  relative avg {f.rel_avg:.4f}  plasticity {f.plasticity:.4f}"
+    )
+    out.print(f"heatmap: {png}")
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    line_name: str = typer.Option("main", "--line"),
+) -> None:
+    """Held-out loss of every trained drop: the loss matrix and the forgetting table."""
+    from dataclasses import asdict
+
+    from components.evaluation import evaluate_line
+    from components.lines import Line
+    from components.memory import Memory
+
+    cfg = settings(ctx)
+    try:
+        ev = evaluate_line(cfg, Memory.open(cfg), Line(cfg.home, line_name))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "loss_matrix": ev.matrix.to_dict(),
+                    "forgetting": asdict(ev.forgetting),
+                    "artifacts": {k: str(v) for k, v in ev.artifacts.items()},
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        print_eval(ev.matrix, ev.forgetting, ev.artifacts["png"])
+
+
+@bench_app.command("forgetting")
+def bench_forgetting_cmd(
+    ctx: typer.Context,
+    stream_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A directory of drops, in name order."),
+    strategies: str = typer.Option("none,uniform,balanced,amr", help="Comma-separated strategies."),
+    out_file: Path = typer.Option(Path("forgetting.json"), "--out", help="JSON report; .md and .png beside it."),
+) -> None:
+    """Train every strategy through the same stream at equal compute and compare forgetting."""
+    from components.bench import bench_forgetting
+
+    cfg = settings(ctx)
+    try:
+        bench_forgetting(
+            cfg,
+            stream_dir,
+            [s.strip() for s in strategies.split(",") if s.strip()],
+            out_file,
+            log=lambda m: err.print(m, highlight=False),
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(out_file.with_suffix(".md").read_text())
+    out.print(f"wrote {out_file}, {out_file.with_suffix('.md')}, {out_file.with_suffix('.png')}")
