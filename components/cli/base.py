@@ -6,24 +6,15 @@ refused, a gate that said no where that is asked to fail).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from components import offline
 from components.config import ConfigError, Settings, load_settings
 
-# Offline by default: models and tokenizers load from local directories only, and no service phones home.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+offline.apply()
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Continual pre-training with adaptive memory replay."
