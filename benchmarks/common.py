@@ -50,10 +50,35 @@ TEXT_SOURCES: dict[str, Callable[[], Iterator[tuple[str, bytes]]]] = {
     "licenses": lambda: ((str(p), p.read_bytes()) for p in _files(Path("/usr/share/common-licenses"), "*")),
 }
 
+MAN = Path("/usr/share/man")
+
+
+def _man_pages(lang: str | None) -> Iterator[tuple[str, bytes]]:
+    """Man pages (raw roff) of one language: `None` for the English sections man1..man8, else e.g. "de"."""
+    if lang is None:
+        skip = tuple(d.name for d in MAN.iterdir() if not d.name.startswith("man"))  # the translations
+        return ((str(p), _gunzip(p)) for p in _files(MAN, "*.gz", skip=skip))
+    return ((str(p), _gunzip(p)) for p in _files(MAN / lang, "*.gz"))
+
+
+def _pydoc_topics() -> Iterator[tuple[str, bytes]]:
+    from pydoc_data.topics import topics  # the Python reference's prose, as `help()` shows it
+
+    return ((f"pydoc:{name}", topics[name].encode("utf-8")) for name in sorted(topics))
+
+
+# More kinds, for streams of clearly different drops (benchmarks/forgetting.py). Not in the default mix of
+# `real_documents`: "man-pages" above already covers every language, and the mix stays what it was.
+EXTRA_SOURCES: dict[str, Callable[[], Iterator[tuple[str, bytes]]]] = {
+    "man-en": lambda: _man_pages(None),
+    "man-de": lambda: _man_pages("de"),
+    "pydoc-topics": _pydoc_topics,
+}
+
 
 def _texts(kind: str, max_doc_bytes: int) -> Iterator[str]:
     """Documents of one kind: valid UTF-8 only, no NUL, not blank, cut (at a character boundary) to max_doc_bytes."""
-    for _, raw in TEXT_SOURCES[kind]():
+    for _, raw in (TEXT_SOURCES | EXTRA_SOURCES)[kind]():
         if b"\0" in raw or not raw.strip():
             continue
         try:
