@@ -242,7 +242,7 @@ How it was run: `{command}`, {total_s:.0f}s in all, on {cpu_count} cores ({cpu_m
 was shared with other work, which moves wall times (CPU seconds, measured per refresh, move less).
 Model `{model}` with {n_layer} layers, {n_embd} hidden, {n_head} heads, context {context_length} byte tokens;
 AdamW lr {lr} (warm-up {warmup} steps, cosine to {min_lr_ratio} x lr, re-warmed each refresh); replay fraction
-{replay_fraction}, arms `{arms}` ({clusters} k-means clusters per drop), alpha {alpha}, temperature {temperature},
+{replay_fraction}, arms `{arms}` ({arms_desc}), alpha {alpha}, temperature {temperature},
 epsilon {epsilon}, exploration bonus {exploration_bonus} per idle step (cap {stale_steps}), prefetch
 {prefetch} batches. No GPU was lent to this task (the `device` tool reported `can_start_another: false`), so
 everything ran on CPU. Python {python}, torch {torch}, lancedb {lancedb}.
@@ -326,7 +326,9 @@ def render(result: dict) -> str:
         **{key: replay[key] for key in ("replay_fraction", "arms", "alpha", "temperature", "epsilon")},
         exploration_bonus=replay["exploration_bonus"],
         context_length=cfg["ingest"]["context_length"],
-        clusters=cfg["ingest"]["clusters_per_drop"],
+        arms_desc="one per past drop"
+        if replay["arms"] == "drop"
+        else f"{cfg['ingest']['clusters_per_drop']} k-means clusters per past drop",
     )
 
 
