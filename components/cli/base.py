@@ -6,6 +6,8 @@ refused, a gate that said no where that is asked to fail).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -13,6 +15,7 @@ from rich.console import Console
 
 from components import offline
 from components.config import ConfigError, Settings, load_settings
+from components.locks import RefreshBusy
 
 offline.apply()
 
@@ -23,6 +26,21 @@ memory_app = typer.Typer(help="Inspect the LanceDB memory.", invoke_without_comm
 app.add_typer(memory_app, name="memory")
 out = Console()
 err = Console(stderr=True)
+
+
+@contextmanager
+def exits_on(*errors: type[Exception], with_type: bool = False) -> Iterator[None]:
+    """Expected failures become one line on stderr and an exit code: 3 for a busy refresh lock, else 1."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RefreshBusy as exc:
+        err.print(f"[yellow]busy:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(3) from None
+    except errors as exc:
+        err.print(f"[red]error:[/red] {f'{type(exc).__name__}: ' if with_type else ''}{exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def settings(ctx: typer.Context, **overrides) -> Settings:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from components.cli.base import app, err, memory_app, out, settings
+from components.cli.base import app, err, exits_on, memory_app, out, settings
 from components.config import Settings
 
 
@@ -22,11 +22,8 @@ def ingest(
     from components.ingest import exit_code, ingest_source
 
     cfg = settings(ctx)
-    try:
+    with exits_on(Exception, with_type=True):
         results = ingest_source(cfg, source, show_progress=not as_json and err.is_terminal)
-    except Exception as exc:
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(1) from None
     code = exit_code(results)
     if as_json:
         print(json.dumps({"results": [r.to_dict() for r in results], "exit_code": code}, indent=2))
@@ -118,11 +115,8 @@ def memory_lock(
     from components.memory import Memory, MemoryError_
 
     cfg = settings(ctx)
-    try:
+    with exits_on(MemoryError_, LockError):
         lock = write_lock(Memory.open(cfg), out_file)
-    except (MemoryError_, LockError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     out.print(
         f"{out_file}: memory version {lock['memory_version']}, {len(lock['drops'])} drops, {lock['rows']} rows, "
         f"content {lock['content_hash'][:12]}",
@@ -138,18 +132,11 @@ def memory_cleanup(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Remove old memory versions, never a tagged one or one a registered model was trained on; says why."""
-    from components.locks import RefreshBusy
     from components.retention import cleanup
 
     cfg = settings(ctx)
-    try:
+    with exits_on(Exception, with_type=True):  # e.g. the MLflow registry unreachable: nothing was removed (fail closed)
         report = cleanup(cfg, older_than, dry_run)
-    except RefreshBusy as exc:
-        err.print(f"[yellow]busy:[/yellow] {exc}", highlight=False)
-        raise typer.Exit(3) from None
-    except Exception as exc:  # e.g. the MLflow registry unreachable: nothing was removed (fail closed)
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from components.cli.base import app, err, out, settings
+from components.cli.base import app, exits_on, out, settings
 from components.cli.training import print_eval
 
 
@@ -35,12 +35,11 @@ def _print_reports(reports: list[dict]) -> None:
 
 
 def _run_refresh(ctx: typer.Context, source: str, force: bool, line: str, strategy: str | None, wait: float) -> list:
-    from components.locks import RefreshBusy
     from flows.refresh import refresh as refresh_flow
 
     settings(ctx)  # fail fast, with the key and value, on a bad configuration
     params = ctx.find_root().obj
-    try:
+    with exits_on():  # only a busy refresh lock is expected here: exit 3
         return refresh_flow(
             source=source,
             params=str(params) if params else None,
@@ -49,9 +48,6 @@ def _run_refresh(ctx: typer.Context, source: str, force: bool, line: str, strate
             strategy=strategy,
             wait_seconds=wait,
         )
-    except RefreshBusy as exc:
-        err.print(f"[yellow]busy:[/yellow] {exc}", highlight=False)
-        raise typer.Exit(3) from None
 
 
 @app.command()
@@ -103,7 +99,7 @@ def promote(
 
     cfg = settings(ctx)
     registry.configure(cfg)
-    try:
+    with exits_on(registry.RegistryError, MlflowException):
         mv = registry.set_champion(
             MlflowClient(),
             cfg.mlflow.registered_model,
@@ -111,9 +107,6 @@ def promote(
             override(None, note or f"amr promote {version}"),
             manual=True,
         )
-    except (registry.RegistryError, MlflowException) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     out.print(f"{cfg.mlflow.registered_model} version {mv.version} is champion (manual override)")
 
 
@@ -127,11 +120,8 @@ def rollback_model(ctx: typer.Context) -> None:
 
     cfg = settings(ctx)
     registry.configure(cfg)
-    try:
+    with exits_on(registry.RegistryError, MlflowException):
         mv = registry.rollback_champion(MlflowClient(), cfg.mlflow.registered_model)
-    except (registry.RegistryError, MlflowException) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     out.print(f"{cfg.mlflow.registered_model}: champion is back to version {mv.version}")
 
 

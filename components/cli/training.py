@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from components.cli.base import app, bench_app, err, out, settings
+from components.cli.base import app, bench_app, err, exits_on, out, settings
 
 
 def _train_progress(enabled: bool):
@@ -96,11 +96,8 @@ def evaluate(
     from components.memory import Memory
 
     cfg = settings(ctx)
-    try:
+    with exits_on(ValueError):
         ev = evaluate_line(cfg, Memory.open(cfg), Line(cfg.home, line_name))
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     if as_json:
         print(
             json.dumps(
@@ -128,7 +125,7 @@ def bench_forgetting_cmd(
     from components.bench import bench_forgetting
 
     cfg = settings(ctx)
-    try:
+    with exits_on(ValueError):
         bench_forgetting(
             cfg,
             stream_dir,
@@ -136,8 +133,5 @@ def bench_forgetting_cmd(
             out_file,
             log=lambda m: err.print(m, highlight=False),
         )
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     out.print(out_file.with_suffix(".md").read_text())
     out.print(f"wrote {out_file}, {out_file.with_suffix('.md')}, {out_file.with_suffix('.png')}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from components.cli.base import app, err, out, settings
+from components.cli.base import app, err, exits_on, out, settings
 
 
 @app.command()
@@ -19,20 +19,13 @@ def rollback(
 ) -> None:
     """Restore the drops (DVC) and the memory (its version recorded at REV) to revision REV, proven by hash."""
     from components.dvcrepo import RepoError
-    from components.locks import RefreshBusy
     from components.memlock import LockError
     from components.memory import MemoryError_
     from components.rollback import rollback as do_rollback
 
     cfg = settings(ctx)
-    try:
+    with exits_on(LockError, RepoError, MemoryError_):  # RollbackError is a LockError
         report = do_rollback(cfg, to, lock)
-    except RefreshBusy as exc:
-        err.print(f"[yellow]busy:[/yellow] {exc}", highlight=False)
-        raise typer.Exit(3) from None
-    except (LockError, RepoError, MemoryError_) as exc:  # RollbackError is a LockError
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -57,11 +50,8 @@ def metrics_cmd(
     from components.report import write_stage_outputs
 
     cfg = settings(ctx)
-    try:
+    with exits_on(ValueError):
         m = write_stage_outputs(cfg, line_name, out_dir)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     out.print(
         f"{out_dir}/: {m['refreshes']} refreshes of line {line_name}, gate {m['gate']['decision']}, "
         f"forgetting avg {m['forgetting_avg']}, plasticity {m['plasticity']}",
@@ -82,9 +72,6 @@ def dvc_remote(
     if not url.startswith("s3://"):
         err.print(f"[red]error:[/red] {url!r} is not an s3:// URL", highlight=False)
         raise typer.Exit(1)
-    try:
+    with exits_on(RepoError):
         done = configure_remote(repo_root(Path.cwd()), url, name, cfg.s3)
-    except RepoError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     out.print(f"DVC remote {name} (default): " + ", ".join(f"{k}={v}" for k, v in done.items()), highlight=False)
