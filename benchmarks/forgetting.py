@@ -5,7 +5,7 @@
 
 One drop per kind of text on this machine (stdlib sources, /usr/include headers, English or German man pages,
 the Python reference's pydoc topics, licence texts), named so that they ingest in the order given. Then
-`components.bench.bench_forgetting`, the `amr bench forgetting` command, trains every strategy from the same
+`components.refresh.bench.bench_forgetting`, the `amr bench forgetting` command, trains every strategy from the same
 initial model through the stream at equal compute and evaluates every past drop after each refresh.
 
 Targets (issue 3), side by side in the one run: `amr` average forgetting at most 0.5 x `none` and below
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from common import EXTRA_SOURCES, TEXT_SOURCES, machine_info, markdown_table, real_documents, write_drop, write_results
 
-import components.bench as bench
-from components.config import Settings, load_settings
+from components.core.config import Settings, load_settings
+from components.refresh import bench
 
 START = time.time()
 KINDS = tuple(TEXT_SOURCES) + tuple(EXTRA_SOURCES)

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from common import machine_info, markdown_table, real_documents, write_drop, write_results
 
-from components.config import Settings, load_settings
+from components.adapters.lines import Line
+from components.adapters.memory import Memory
+from components.core.config import Settings, load_settings
 from components.ingest import ingest_source
-from components.lines import Line
-from components.memory import Memory
 from components.training.loop import train_drop
 from components.training.model import build_model
 

@@ -38,13 +38,13 @@ from common import (
     write_results,
 )
 
-from components.clustering import assign_clusters
-from components.config import Settings, load_settings
-from components.drops import open_source, read_drop
-from components.ingest import ingest_source, memory_meta, record_batches, tokenize
-from components.memory import DropRecord, Memory, sequences_schema
-from components.packing import doc_hash, split_and_pack
-from components.text import load_tokenizer
+from components.adapters.memory import DropRecord, Memory, sequences_schema
+from components.core.config import Settings, load_settings
+from components.core.packing import doc_hash, split_and_pack
+from components.core.text import load_tokenizer
+from components.ingest.clustering import assign_clusters
+from components.ingest.drops import open_source, read_drop
+from components.ingest.pipeline import ingest_source, memory_meta, record_batches, tokenize
 
 DROP_ID = "bench-drop"
 TILE_ROWS = 100_000  # rows per tiled drop: a memory of 1e6 sequences is eleven drops, as it would be for real

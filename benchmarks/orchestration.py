@@ -5,7 +5,7 @@ each with its own AMR_HOME, so imports, the temporary Prefect server and MLflow'
 
 * `flow`:   `amr refresh DROPS` (the Prefect flow: tasks, retries, artifacts, a temporary local API server)
 * `direct`: one Python process calling ingest_source, then open_run/train_step/evaluate_step/register_step/
-            gate_step of components.refresh for every drop (MLflow still records everything; no Prefect)
+            gate_step of components.refresh.steps for every drop (MLflow still records everything; no Prefect)
 
 The runs alternate (flow, direct, flow, direct, ...) so machine noise hits both alike; the ratio of medians and the
 fixed overhead in seconds (flow - direct) are reported.
@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 DIRECT = """
 import sys
-from components.config import load_settings
+from components.core.config import load_settings
 from components.ingest import ingest_source
-from components.lines import Line
-from components import refresh as steps
+from components.adapters.lines import Line
+from components.refresh import steps
 
 settings = load_settings()
 ingest_source(settings, sys.argv[1], show_progress=False)
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from components.demo import build_demo_drops
+    from components.ingest.demo import build_demo_drops
 
     work = Path(tempfile.mkdtemp(prefix="amr-orch-"))
     drops = work / "drops"

@@ -7,9 +7,9 @@ does. The replay arms are the clusters of every drop but the last; the last is t
 
 1. Feed rate at batch B, each call on fresh random draws, the call order rotated every repetition:
    raw = `table.take_row_ids(ids).to_arrow()` of B random past train row ids (all columns, and only the two
-   `Memory.take` reads); feed = what the training loop does per batch (`make_plan` + `submit` in
-   components/training/loop.py): `sampler.sample(n)` + the new-data cursor + `Memory.take` of the concatenated
-   ids, for an all-replay batch (the ratio to raw) and for the loop's own mix (`replay_fraction` of B).
+   `Memory.take` reads); feed = what the training loop does per batch (`BatchPlanner.plan` + the prefetcher's
+   fetch): `sampler.sample(n)` + the new-data cursor + `Memory.take` of the concatenated ids, for an all-replay
+   batch (the ratio to raw) and for the loop's own mix (`replay_fraction` of B).
 2. Sampler share of a training step: `sample` + `update` + `probabilities` of the amr sampler against
    `Trainer.step` of the default gpt2-tiny config on CPU, on the same real batch.
 3. Does the prefetch hide the fetch? `train_drop` on the same drop from the same line, prefetch 1 vs 4,
@@ -28,17 +28,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 from common import latency_summary, machine_info, markdown_table, real_documents, write_drop, write_results
 
-from components.config import Settings, load_settings
+from components.adapters.lines import Line
+from components.adapters.memory import Memory
+from components.core.config import Settings, load_settings
+from components.core.replay import build_arms, build_sampler
 from components.evaluation import evaluate_line
 from components.ingest import exit_code, ingest_source
-from components.lines import Line
-from components.memory import Memory
-from components.replay import build_arms, build_sampler
-from components.training.loop import NewDataCursor, Plan, train_drop
+from components.training.loop import train_drop
 from components.training.model import build_model
+from components.training.planner import NewDataCursor, Plan, new_rows
 from components.training.trainer import Trainer
 
 START = time.time()
@@ -84,11 +84,6 @@ def build_memory(work: Path, cfg: BenchConfig) -> tuple[Settings, Memory, dict]:
     return settings, memory, drops
 
 
-def new_rows(index, drop_id: str) -> np.ndarray:
-    mask = pc.and_(pc.equal(index["drop_id"], drop_id), pc.equal(index["split"], "train"))
-    return index.filter(mask).column("_rowid").to_numpy()
-
-
 # ---- 1. feed rate --------------------------------------------------------------------------------------------
 
 
@@ -103,8 +98,8 @@ def feed_rate(settings: Settings, memory: Memory, cfg: BenchConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
 
     def feed(n_new: int, n_replay: int) -> tuple[np.ndarray, np.ndarray]:
-        plan = Plan(0, cursor.next(n_new), *sampler.sample(n_replay))  # loop.make_plan
-        return memory.take(np.concatenate([plan.new_ids, plan.replay_ids]), version)  # loop.submit
+        plan = Plan(0, cursor.next(n_new), *sampler.sample(n_replay))  # BatchPlanner.plan
+        return memory.take(np.concatenate([plan.new_ids, plan.replay_ids]), version)  # Prefetcher's fetch
 
     out = []
     for batch in cfg.batches:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components.config import Settings, load_settings
+from components.core.config import Settings, load_settings
 from components.ingest import ingest_source
 
 

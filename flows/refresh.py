@@ -1,7 +1,7 @@
 """Prefect flow: the main job. Every new drop goes through ingest, training with replay, evaluation,
 registration and the promotion gate, and leaves a complete record in MLflow.
 
-Each task is a thin wrapper over components.refresh; retries, tags and caching live here. Training is tagged
+Each task is a thin wrapper over components.refresh.steps; retries, tags and caching live here. Training is tagged
 `gpu` (a Prefect tag-based concurrency limit or a GPU work pool can target it) and retried: `train_drop` resumes
 from the drop's last checkpoint, so a retry continues instead of starting over. One refresh runs at a time per
 AMR_HOME (a file lock; the deployment in prefect.yaml also has `concurrency_limit: 1`).
@@ -15,10 +15,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components import refresh as steps
-from components.config import Settings, load_settings
+from components.adapters.lines import Line
+from components.core.config import Settings, load_settings
 from components.evaluation import Evaluation
-from components.lines import Line
+from components.refresh import steps
+from components.training.loop import TrainResult
 from flows.ingest import ingest_drops
 
 
@@ -33,15 +34,8 @@ def open_run(settings: Settings, line: str, drop_id: str) -> str:
 
 
 @task(retries=2, retry_delay_seconds=[10, 60], tags=["gpu"], cache_policy=NO_CACHE)
-def train(settings: Settings, line: str, drop_id: str, run_id: str) -> dict:
-    result = steps.train_step(settings, Line(settings.home, line), drop_id, run_id)
-    return {
-        "steps": result.steps,
-        "sequences": result.sequences,
-        "replay": result.replay_sequences,
-        "resumed_from_step": result.resumed_from_step,
-        "loss": result.final_loss,
-    }
+def train(settings: Settings, line: str, drop_id: str, run_id: str) -> TrainResult:
+    return steps.train_step(settings, Line(settings.home, line), drop_id, run_id)
 
 
 @task(retries=1, retry_delay_seconds=[10], cache_policy=NO_CACHE)
@@ -55,7 +49,7 @@ def register(settings: Settings, line: str, run_id: str) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def gate(settings: Settings, line: str, evaluation: Evaluation, version: str, run_id: str) -> dict:
+def gate(settings: Settings, line: str, evaluation: Evaluation, version: str, run_id: str) -> steps.GateOutcome:
     outcome = steps.gate_step(settings, Line(settings.home, line), evaluation, version, run_id)
     drop = Line(settings.home, line).trained[-1]
     create_markdown_artifact(
@@ -63,12 +57,7 @@ def gate(settings: Settings, line: str, evaluation: Evaluation, version: str, ru
         key="gate-" + re.sub(r"[^a-z0-9-]+", "-", f"{line}-{drop}".lower()).strip("-"),
         description=f"promotion decision for {settings.mlflow.registered_model} v{version}",
     )
-    return {
-        "version": version,
-        "promote": outcome.decision.promote,
-        "reasons": outcome.decision.reasons,
-        "champion_before": outcome.champion_before,
-    }
+    return outcome
 
 
 @flow(name="amr-refresh", log_prints=True)
@@ -79,11 +68,12 @@ def refresh(
     line: str = "main",
     strategy: str | None = None,
     wait_seconds: float = 0.0,
-) -> list[dict]:
+) -> list[steps.DropReport]:
     """Ingest new drops of `source`, then train, evaluate, register and gate each new drop in order."""
     settings = load_settings(params, **{"replay.strategy": strategy})
     logger = get_run_logger()
     with steps.refresh_lock(settings, wait_seconds):
+        Line(settings.home, line)  # a corrupted line state fails here, before anything is ingested or trained
         for r in ingest_drops(settings, source):
             logger.info("ingest %-9s %s: %s", r["status"], r["drop_id"], r["message"])
         todo = plan(settings, line, force)
@@ -98,25 +88,14 @@ def refresh(
             trained = train(settings, line, drop_id, run_id)
             evaluation = evaluate(settings, line, run_id)
             version = register(settings, line, run_id)
-            verdict = gate(settings, line, evaluation, version, run_id)
-            f = evaluation.forgetting
-            reports.append(
-                {
-                    "drop_id": drop_id,
-                    "run_id": run_id,
-                    **trained,
-                    **verdict,
-                    "forgetting_avg": f.avg,
-                    "forgetting_max": f.max,
-                    "plasticity": f.plasticity,
-                    "losses": evaluation.drop_losses,
-                }
-            )
+            outcome = gate(settings, line, evaluation, version, run_id)
+            report = steps.DropReport.build(drop_id, run_id, trained, evaluation, outcome)
+            reports.append(report)
             logger.info(
-                "%s: version %s %s (avg forgetting %.4f)",
+                "%s: version %s %s (avg forgetting %s)",
                 drop_id,
                 version,
-                "PROMOTED to champion" if verdict["promote"] else "rejected",
-                f.avg,
+                "PROMOTED to champion" if report.promote else "rejected",
+                report.forgetting_avg,
             )
         return reports

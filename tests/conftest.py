@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import offline
+from components.core import offline
 
 offline.apply()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.config import Settings, load_settings
+from components.core.config import Settings, load_settings
 from tests.conftest import STDLIB, real_texts
 
 LICENSES = Path("/usr/share/common-licenses")

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import TrainConfig
-from components.training import Trainer, build_model, latest_checkpoint, load_checkpoint, load_model, save_checkpoint
+from components.core.config import TrainConfig
+from components.training import Checkpointer, Trainer, build_model, latest_checkpoint, load_model, save_checkpoint
 from components.training import checkpoint as checkpoint_module
+from components.training.checkpoint import TorchRNG
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/shutil.py").read_bytes()
@@ -33,6 +34,23 @@ ROWS = 64
 DATA = (np.frombuffer(TEXT, dtype=np.uint8)[: ROWS * CTX].astype(np.int32) + 3).reshape(ROWS, CTX)
 LENGTHS = np.where(np.arange(ROWS) % 3 == 0, CTX // 2, CTX)  # some padded rows
 DATA[LENGTHS < CTX, CTX // 2 :] = PAD
+
+
+class Box:
+    """A stateful part holding any value (the data RNG's state, a note), as the loop's planner and prefetcher do."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+def checkpointer(ckpt_dir: Path, model: torch.nn.Module, trainer: Trainer, box: Box) -> Checkpointer:
+    return Checkpointer(ckpt_dir, model, {"trainer": trainer, "torch_rng": TorchRNG()}, rank_parts={"box": box})
 
 
 def make() -> tuple[torch.nn.Module, Trainer]:
@@ -50,20 +68,21 @@ def train(
     ckpt_dir: Path | None = None,
     on_save: Callable[[int], None] = lambda step: None,
 ) -> None:
-    """Train to TOTAL on batches drawn by `rng`, checkpointing every EVERY steps with the data RNG as `extra`."""
+    """Train to TOTAL on batches drawn by `rng`, checkpointing every EVERY steps with the data RNG as a part."""
     while trainer.step_idx < TOTAL:
         rows = rng.integers(0, ROWS, size=4)
         trainer.step(DATA[rows], LENGTHS[rows])
         if ckpt_dir is not None and trainer.step_idx % EVERY == 0:
-            save_checkpoint(ckpt_dir, model, trainer, {"data_rng": rng.bit_generator.state})
+            checkpointer(ckpt_dir, model, trainer, Box(rng.bit_generator.state)).save(trainer.step_idx)
             on_save(trainer.step_idx)
 
 
 def resume(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, np.random.Generator]:
     model, trainer = make()
-    extra = load_checkpoint(latest_checkpoint(ckpt_dir), model, trainer)
+    box = Box()
+    assert checkpointer(ckpt_dir, model, trainer, box).load() == trainer.step_idx > 0
     rng = np.random.default_rng()
-    rng.bit_generator.state = extra["data_rng"]
+    rng.bit_generator.state = box.value
     return model, trainer, rng
 
 
@@ -89,7 +108,7 @@ def test_resume_is_bitwise_identical(tmp_path: Path, straight: dict[str, torch.T
     while trainer.step_idx < EVERY:
         rows = rng.integers(0, ROWS, size=4)
         trainer.step(DATA[rows], LENGTHS[rows])
-    save_checkpoint(tmp_path, model, trainer, {"data_rng": rng.bit_generator.state})
+    checkpointer(tmp_path, model, trainer, Box(rng.bit_generator.state)).save(trainer.step_idx)
     torch.manual_seed(1234)  # whatever happens to the global RNG in between must not matter
 
     model, trainer, rng = resume(tmp_path)
@@ -144,12 +163,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, strai
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
     model, trainer = make()
     trainer.step(DATA[:4], LENGTHS[:4])
-    path = save_checkpoint(tmp_path, model, trainer, {"cursor": 17, "q": [0.5, 1.0]})
+    path = checkpointer(tmp_path, model, trainer, Box({"cursor": 17, "q": [0.5, 1.0]})).save(1)
     files = sorted(p.name for p in path.iterdir())
     assert all(f.endswith((".safetensors", ".json")) for f in files), files
-    assert {"optimizer.safetensors", "rng.safetensors", "state.json", "config.json"} <= set(files)
+    assert {"model.safetensors", "state.safetensors", "state.json", "config.json"} <= set(files)
     state = json.loads((path / "state.json").read_text())
-    assert state["step"] == 1 and state["extra"] == {"cursor": 17, "q": [0.5, 1.0]}
+    assert state["step"] == 1 and state["world_size"] == 1
+    assert state["ranks"] == [{"box": {"value": {"cursor": 17, "q": [0.5, 1.0]}}}]
+    assert state["parts"]["trainer"]["step_idx"] == 1 and set(state["parts"]) == {"trainer", "torch_rng"}
     assert (tmp_path / "latest").read_text().strip() == "step-1"
     reloaded = load_model(path)  # a checkpoint is also a plain model directory
     assert torch.equal(reloaded.transformer.wte.weight, model.transformer.wte.weight)
@@ -159,30 +180,32 @@ def test_keeps_the_last_two_and_drops_overtaken_ones(tmp_path: Path) -> None:
     model, trainer = make()
     for _ in range(3):
         trainer.step(DATA[:4], LENGTHS[:4])
-        save_checkpoint(tmp_path, model, trainer, {})
+        checkpointer(tmp_path, model, trainer, Box()).save(trainer.step_idx)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-3"]
     assert latest_checkpoint(tmp_path) == tmp_path / "step-3"
     (tmp_path / "latest").write_text("step-2\n")  # as if killed between the step-3 rename and the pointer
     model, trainer, _ = resume_plain(tmp_path)
     assert trainer.step_idx == 2
-    save_checkpoint(tmp_path, model, trainer, {"again": True})  # replaces step-2; step-3 was overtaken
+    checkpointer(tmp_path, model, trainer, Box({"again": True})).save(2)  # replaces step-2; step-3 was overtaken
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2"]
     assert resume_plain(tmp_path)[2] == {"again": True}
     trainer.step(DATA[:4], LENGTHS[:4])
-    save_checkpoint(tmp_path, model, trainer, {})
+    checkpointer(tmp_path, model, trainer, Box()).save(3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-3"]
 
 
-def resume_plain(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, dict]:
+def resume_plain(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, object]:
     model, trainer = make()
-    return model, trainer, load_checkpoint(latest_checkpoint(ckpt_dir), model, trainer)
+    box = Box()
+    checkpointer(ckpt_dir, model, trainer, box).load()
+    return model, trainer, box.value
 
 
 def test_directories_without_pointer_or_half_written_are_ignored(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) is None
     model, trainer = make()
     trainer.step(DATA[:4], LENGTHS[:4])
-    save_checkpoint(tmp_path, model, trainer, {})
+    checkpointer(tmp_path, model, trainer, Box()).save(1)
     (tmp_path / "latest").unlink()
     assert latest_checkpoint(tmp_path) is None  # a step dir without the pointer is not trusted
     half = tmp_path / ".tmp-step-9-abc"
@@ -190,7 +213,7 @@ def test_directories_without_pointer_or_half_written_are_ignored(tmp_path: Path)
     (half / "model.safetensors").write_bytes(b"\x00" * 10)
     assert latest_checkpoint(tmp_path) is None
     trainer.step(DATA[:4], LENGTHS[:4])
-    save_checkpoint(tmp_path, model, trainer, {})
+    checkpointer(tmp_path, model, trainer, Box()).save(2)
     assert latest_checkpoint(tmp_path) == tmp_path / "step-2" and not half.exists()
 
 
@@ -203,8 +226,21 @@ def test_bad_pointers_and_bad_extra_are_rejected(tmp_path: Path) -> None:
         latest_checkpoint(tmp_path)
     model, trainer = make()
     with pytest.raises(TypeError, match="JSON-serializable"):
-        save_checkpoint(tmp_path, model, trainer, {"sampler": object()})
+        Checkpointer(tmp_path, model, {"sampler": Box(object())}).save(1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]  # nothing half-written left behind
+
+
+def test_a_checkpoint_resumes_only_with_the_world_size_that_wrote_it(tmp_path: Path) -> None:
+    model, trainer = make()
+    save_checkpoint(
+        tmp_path, 3, model, {"trainer": trainer.state_dict()}, ranks=[{"box": {"value": r}} for r in (0, 1)]
+    )
+    with pytest.raises(ValueError, match="written by 2 process"):
+        checkpointer(tmp_path, *make(), Box()).load()
+    state = json.loads((tmp_path / "step-3" / "state.json").read_text())
+    (tmp_path / "step-3" / "state.json").write_text(json.dumps(state | {"format": 1}))
+    with pytest.raises(ValueError, match="format 1.*delete"):
+        checkpointer(tmp_path, *make(), Box()).load()
 
 
 def _child(ckpt_dir: Path) -> None:

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.sparse.linalg import norm as sparse_norm
 
-from components import clustering
-from components.clustering import assign_clusters, sequence_features
-from components.packing import Packed, pack
-from components.text import load_tokenizer
+from components.core.packing import Packed, pack
+from components.core.text import load_tokenizer
+from components.ingest import clustering
+from components.ingest.clustering import assign_clusters, sequence_features
 
 PYLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 LICENSES = Path("/usr/share/common-licenses")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import ConfigError, Settings, load_settings
+from components.core.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,14 +17,15 @@ from safetensors.numpy import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from typer.testing import CliRunner
 
-from components import refresh
+from components.adapters.lines import Line, LineState
+from components.adapters.memory import Memory
+from components.core.replay import build_arms, build_sampler
 from components.ingest import ingest_source
-from components.lines import Line
-from components.memory import Memory
-from components.replay import build_arms, build_sampler
-from components.training.distributed import bandit_digest, launch, local_slots, rank_rng, weights_digest
+from components.refresh import steps as refresh
+from components.training.launcher import launch
 from components.training.loop import train_drop
 from components.training.model import load_model, save_model
+from components.training.ranks import bandit_digest, local_slots, rank_rng, weights_digest
 from tests.helpers import settings_for, three_drops
 
 TINY = {
@@ -97,7 +98,7 @@ def d2_weights(home: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_two_ranks_train_what_one_process_trains(runs):
-    history = Line(runs.home, "main").state["history"]
+    history = Line(runs.home, "main").state.history
     d2 = history[1]
     assert d2["drop_id"] == "d2-licenses" and d2["world_size"] == 2
     assert (d2["steps"], d2["sequences"]) == (runs.one.steps, runs.one.sequences) == (6, 48)
@@ -117,8 +118,8 @@ def test_ranks_hold_identical_weights_and_bandit_state_within_the_budget(runs):
     assert line.trained == ["d1-code", "d2-licenses", "d3-docs"]
     committed = weights_digest(load_model(line.model_dir))
     assert {x["weights_sha256"] for x in r.ranks} == {committed}
-    assert {x["bandit_sha256"] for x in r.ranks} == {bandit_digest(line.state["sampler"])}
-    assert line.state["sampler"]["step"] == r.steps == 6 and any(q != 0 for q in line.state["sampler"]["q"])
+    assert {x["bandit_sha256"] for x in r.ranks} == {bandit_digest(line.state.sampler)}
+    assert line.state.sampler["step"] == r.steps == 6 and any(q != 0 for q in line.state.sampler["q"])
     # the budget counts every rank: T x B sequences in all, as one process would train
     assert r.sequences == 6 * 8 == sum(x["new_sequences"] + x["replay_sequences"] for x in r.ranks)
     assert r.replay_sequences == 6 * 2 == sum(x["replay_sequences"] for x in r.ranks) == sum(r.replay_by_drop.values())
@@ -171,7 +172,7 @@ def test_launch_refuses_before_starting_any_process(tmp_path):
     with pytest.raises(ValueError, match="multiple of train.nproc"):
         launch(cfg, Line(tmp_path, "main"), "d1")
     line = Line(tmp_path, "main")
-    line.state["trained"] = ["d1"]
+    line.state = LineState(trained=["d1"], versions={"d1": 2})
     with pytest.raises(ValueError, match="already trained"):
         launch(cfg, line, "d1")
 
@@ -190,7 +191,7 @@ def test_two_ranks_on_gpus_with_nccl(runs, tmp_path):
 def test_a_rank_exits_when_its_launcher_is_killed():
     """torchrun puts ranks in sessions of their own: without `die_with` a SIGKILLed launcher leaves them training."""
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    code = "import sys, time; from components.training.distributed import die_with; die_with(int(sys.argv[1]));"
+    code = "import sys, time; from components.training.launcher import die_with; die_with(int(sys.argv[1]));"
     code += " print('ready', flush=True); time.sleep(120)"
     rank = subprocess.Popen(
         [sys.executable, "-c", code, str(launcher.pid)], stdout=subprocess.PIPE, text=True, start_new_session=True

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.drops import (
+from components.ingest.drops import (
     MAX_ISSUES_PER_FILE,
     DropIssue,
     LocalSource,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from components.config import GateConfig
-from components.gate import Candidate, Champion, Decision, decide, override
+from components.core.config import GateConfig
+from components.evaluation.gate import Candidate, Champion, Decision, decide, override
 
 NAN, INF = math.nan, math.inf
 LIMITS = GateConfig(max_regression=0.05, max_forgetting=0.10, min_gain=0.02)

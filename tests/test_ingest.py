@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from components.adapters.memory import Memory
 from components.ingest import exit_code, ingest_source
-from components.memory import Memory
 from tests.helpers import jsonl, make_drop, parquet, python_docs, settings_for, stdlib_source, three_drops
 
 

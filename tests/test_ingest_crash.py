@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from components.adapters.memory import DropRecord, Memory
 from components.cli import app
 from components.ingest import ingest_source
-from components.memory import DropRecord, Memory
 from tests.helpers import jsonl, make_drop, python_docs, settings_for, three_drops
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,12 +15,13 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from components.adapters.lines import Line
+from components.adapters.memory import Memory
+from components.core.replay import build_arms, build_sampler
 from components.evaluation import evaluate_line
 from components.ingest import ingest_source
-from components.lines import Line
-from components.memory import Memory
-from components.replay import build_arms, build_sampler
-from components.training.loop import NewDataCursor, plan_budget, train_drop
+from components.training.loop import train_drop
+from components.training.planner import NewDataCursor, plan_budget
 from tests.helpers import jsonl, license_docs, make_drop, python_docs, settings_for, three_drops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_plan_budget_follows_epochs_and_cap(tmp_path):
     cfg.train.max_steps = 5
     assert plan_budget(95, cfg, replaying=True).steps == 5
     with pytest.raises(ValueError, match="no new-data slot"):
-        plan_budget(95, cfg, replaying=True, extra_forward=8)
+        plan_budget(95, cfg.model_copy(update={"replay": cfg.replay.model_copy(update={"replay_fraction": 1.0})}), True)
 
 
 def test_cursor_resumes_and_reshuffles():
@@ -99,7 +100,7 @@ def test_sampler_state_survives_the_line_round_trip(tmp_path, stream):
     for d in memory.ingested()[:2]:
         train_drop(cfg, memory, line, d, "amr")
         evaluate_line(cfg, memory, line)
-    state = Line(cfg.home, "l").state["sampler"]
+    state = Line(cfg.home, "l").state.sampler
     arms = build_arms(memory.index(), ["d1-code"], "cluster")
     a, b = build_sampler(cfg.replay, arms), build_sampler(cfg.replay, arms)
     a.load_state_dict(state)
@@ -150,7 +151,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, stream):
     assert resumed.resumed_from_step > 0
     a, b = weights(Line(straight.home, "main")), weights(Line(killed.home, "main"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    sa, sb = Line(straight.home, "main").state["sampler"], Line(killed.home, "main").state["sampler"]
+    sa, sb = Line(straight.home, "main").state.sampler, Line(killed.home, "main").state.sampler
     assert sa == sb
 
 

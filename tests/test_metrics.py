@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from components.metrics import LossMatrix, _atomic_write, forgetting, write_matrix_artifacts
+from components.core.files import atomic_write
+from components.core.metrics import LossMatrix, forgetting, write_matrix_artifacts
 
 NAN = math.nan
 
@@ -103,6 +104,6 @@ def test_failed_write_leaves_the_previous_file_and_no_temp(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        _atomic_write(target, crash)
+        atomic_write(target, crash)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["loss_matrix.json"]

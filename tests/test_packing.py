@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.packing import DropTooSmall, doc_hash, hash_fractions, holdout_mask, pack, split_and_pack
-from components.text import load_tokenizer
+from components.core.packing import DropTooSmall, doc_hash, hash_fractions, holdout_mask, pack, split_and_pack
+from components.core.text import load_tokenizer
 
 PYLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 EOS, PAD = 1, 0

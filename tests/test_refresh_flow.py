@@ -12,8 +12,9 @@ from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
-from components.config import load_settings
-from components.refresh import RefreshBusy, refresh_lock
+from components.adapters.locks import RefreshBusy
+from components.core.config import load_settings
+from components.refresh.steps import refresh_lock
 from components.training.trainer import Trainer
 from tests.helpers import three_drops
 
@@ -72,8 +73,8 @@ def runs_by_drop(client: MlflowClient) -> dict[str, mlflow.entities.Run]:
 
 def test_refresh_records_everything_and_moves_the_champion(env):
     reports = run_refresh(env / "drops")
-    assert [r["drop_id"] for r in reports] == ["d1-code", "d2-licenses", "d3-docs"]
-    assert [r["version"] for r in reports] == ["1", "2", "3"]
+    assert [r.drop_id for r in reports] == ["d1-code", "d2-licenses", "d3-docs"]
+    assert [r.version for r in reports] == ["1", "2", "3"]
     client = MlflowClient()
     runs = runs_by_drop(client)
     assert set(runs) == {"d1-code", "d2-licenses", "d3-docs"}
@@ -95,12 +96,12 @@ def test_refresh_records_everything_and_moves_the_champion(env):
     # the gate: every decision recorded on its version; the champion is the last promoted one
     versions = {mv.version: mv for mv in client.search_model_versions("name='amr-model'")}
     assert {str(v) for v in versions} == {"1", "2", "3"}
-    promoted = [r["version"] for r in reports if r["promote"]]
+    promoted = [r.version for r in reports if r.promote]
     assert promoted and promoted[0] == "1"  # no champion yet: the first finite candidate is promoted
     assert str(client.get_model_version_by_alias("amr-model", "champion").version) == promoted[-1]
     for r in reports:
-        tags = client.get_model_version("amr-model", r["version"]).tags
-        assert tags["amr.gate"] == ("promoted" if r["promote"] else "rejected")
+        tags = client.get_model_version("amr-model", r.version).tags
+        assert tags["amr.gate"] == ("promoted" if r.promote else "rejected")
     assert "Gate: PROMOTE" in gate_artifact("gate-main-d1-code")
     # nothing new: no training, no new run
     assert run_refresh(env / "drops") == []
@@ -110,8 +111,8 @@ def test_refresh_records_everything_and_moves_the_champion(env):
 def test_champion_stays_when_the_gate_rejects(env, monkeypatch):
     monkeypatch.setenv("AMR_GATE__MIN_GAIN", "0.9")  # the new drop must improve by 90% on the champion: never
     reports = run_refresh(env / "drops")
-    assert [r["promote"] for r in reports] == [True, False, False]
-    assert any("gain" in reason for reason in reports[1]["reasons"])
+    assert [r.promote for r in reports] == [True, False, False]
+    assert any("gain" in reason for reason in reports[1].reasons)
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("amr-model", "champion").version) == "1"
     assert client.get_model_version("amr-model", "3").tags["amr.gate"] == "rejected"
@@ -168,7 +169,7 @@ def test_a_retried_training_task_resumes_from_its_checkpoint(env, monkeypatch):
 
     monkeypatch.setattr(Trainer, "step", flaky)
     reports = run_refresh(env / "drops")
-    assert [r["resumed_from_step"] for r in reports] == [0, 4, 0]
+    assert [r.resumed_from_step for r in reports] == [0, 4, 0]
     assert calls["n"] == 8 + 6 + (8 - 4) + 8  # d1, d2 up to the crash, the retry redoes steps 5..8 only, d3
     run = runs_by_drop(MlflowClient())["d2-licenses"]
     assert run.data.tags["amr.resumed_from_step"] == "4"
@@ -177,7 +178,7 @@ def test_a_retried_training_task_resumes_from_its_checkpoint(env, monkeypatch):
 def test_force_redoes_the_last_drop(env):
     run_refresh(env / "drops")
     reports = run_refresh(env / "drops", force=True)
-    assert [r["drop_id"] for r in reports] == ["d3-docs"] and reports[0]["version"] == "4"
+    assert [r.drop_id for r in reports] == ["d3-docs"] and reports[0].version == "4"
     state = yaml.safe_load((Path(load_settings().home) / "lines" / "main" / "state.json").read_text())
     assert state["trained"] == ["d1-code", "d2-licenses", "d3-docs"]
     assert state["loss_matrix"]["rows"] == ["d1-code", "d2-licenses", "d3-docs"]
@@ -203,7 +204,7 @@ def test_refresh_against_a_real_mlflow_server(env, mlflow_server, monkeypatch):
     reports = run_refresh(env / "drops")
     assert len(reports) == 3
     client = MlflowClient(mlflow_server.url)
-    assert str(client.get_model_version_by_alias("amr-model", "champion").version) == reports[-1]["version"] or any(
-        not r["promote"] for r in reports
+    assert str(client.get_model_version_by_alias("amr-model", "champion").version) == reports[-1].version or any(
+        not r.promote for r in reports
     )
     assert any((mlflow_server.artifacts).rglob("model.safetensors"))  # weights went through the server's store

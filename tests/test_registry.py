@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from components import registry
-from components.config import GateConfig
-from components.gate import Candidate, Champion, decide, override
-from components.registry import RegistryError
+from components.adapters import registry
+from components.adapters.registry import RegistryError
+from components.core.config import GateConfig
+from components.evaluation.gate import Candidate, Champion, decide, override
 from components.training.model import load_model, save_model
 from components.training.trainer import per_sample_loss
 from tests.conftest import MLFLOW_ENV

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components.config import ReplayConfig
-from components.replay import REGISTRY, AdaptiveReplay, Arms, build_arms, build_sampler, softmax
+from components.core.config import ReplayConfig
+from components.core.replay import REGISTRY, AdaptiveReplay, Arms, build_arms, build_sampler, softmax
 
 
 def make_arms(sizes: dict[str, int]) -> Arms:
@@ -88,8 +88,10 @@ def test_build_arms_on_a_million_rows_partitions_every_train_row():
 
 def test_registry_and_none_samples_nothing():
     assert set(REGISTRY) == {"none", "uniform", "balanced", "amr"}
-    assert all(cls.extra_forward_sequences == 0 for cls in REGISTRY.values())
     sampler = build_sampler(ReplayConfig(strategy="none"), make_arms(ARMS3))
+    assert not sampler.replays  # the loop gives every slot to new data
+    assert all(build_sampler(ReplayConfig(strategy=s), make_arms(ARMS3)).replays for s in ("uniform", "amr"))
+    assert not build_sampler(ReplayConfig(strategy="amr"), Arms([], [], [])).replays  # no past data yet
     rows, arm = sampler.sample(64)
     assert rows.size == 0 and arm.size == 0 and rows.dtype == np.uint64 and arm.dtype == np.int64
     assert np.all(sampler.probabilities() == 0)

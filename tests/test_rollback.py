@@ -18,14 +18,15 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from components.adapters.lines import Line
+from components.adapters.locks import RefreshBusy
+from components.adapters.manifest import build_manifest, content_hash, drop_digests, prove, rows_digest, write_manifest
+from components.adapters.memory import Memory
 from components.cli import app
 from components.ingest import ingest_source
-from components.lines import Line
-from components.memlock import build_lock, content_hash, drop_digests, prove, rows_digest, write_lock
-from components.memory import Memory
-from components.refresh import RefreshBusy, open_run, refresh_lock, register_step, train_step
-from components.retention import cleanup, protected
-from components.rollback import rewind_lines
+from components.refresh.steps import open_run, refresh_lock, register_step, train_step
+from components.versioning.retention import cleanup, protected
+from components.versioning.rollback import rewind_lines
 from tests.helpers import jsonl, make_drop, python_docs, settings_for, three_drops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def ingest_one_by_one(all_drops: Path, src: Path, cfg) -> list[dict]:
     for name in DROPS:
         shutil.copytree(all_drops / name, src / name)
         assert {r.status for r in ingest_source(cfg, str(src), show_progress=False)} <= {"ingested", "present"}
-        locks.append(build_lock(Memory.open(cfg)))
+        locks.append(build_manifest(Memory.open(cfg)))
     return locks
 
 
@@ -77,12 +78,12 @@ def test_rows_digest_sees_one_token_change(three):
 def test_rollback_and_roll_forward_restore_exactly_the_recorded_memory(three):
     cfg, locks, _ = three
     memory = Memory.open(cfg)
-    assert build_lock(memory) == locks[2]
+    assert build_manifest(memory) == locks[2]
     with memory.writer() as mem:
         left, back = mem.set_drops(target(locks[1]), "test")
     assert (left, back) == (["d3-docs"], [])
     after = Memory.open(cfg)
-    assert build_lock(after) == locks[1] and after.ingested() == list(DROPS[:2])
+    assert build_manifest(after) == locks[1] and after.ingested() == list(DROPS[:2])
     assert after.record("d3-docs").status == "rolled-back"
     latest = max(v["version"] for v in after.versions())
     assert content_hash(after.meta(), drop_digests(after, latest)) == locks[1]["content_hash"]  # the table itself
@@ -90,7 +91,7 @@ def test_rollback_and_roll_forward_restore_exactly_the_recorded_memory(three):
     assert tags["drop-d3-docs"] == locks[2]["memory_version"]  # a rolled-back drop keeps its commit tag
     with after.writer() as mem:
         assert mem.set_drops(target(locks[2]), "forward") == ([], ["d3-docs"])
-    assert build_lock(Memory.open(cfg)) == locks[2]
+    assert build_manifest(Memory.open(cfg)) == locks[2]
     with after.writer():  # taking the lock again changes nothing: the latest version already has these files
         pass
     assert max(v["version"] for v in Memory.open(cfg).versions()) == max(v["version"] for v in after.versions())
@@ -104,13 +105,13 @@ def test_rolled_back_drop_is_new_again_and_both_commits_stay_tagged(three):
     assert again == {"d1-code": "present", "d2-licenses": "present", "d3-docs": "ingested"}
     memory = Memory.open(cfg)
     old, new = locks[2]["memory_version"], memory.version
-    assert new > old and build_lock(memory)["content_hash"] == locks[2]["content_hash"]  # ingest is deterministic
+    assert new > old and build_manifest(memory)["content_hash"] == locks[2]["content_hash"]  # ingest is deterministic
     tags = {t: v["version"] for v in memory.versions() for t in v["tags"]}
     assert tags["drop-d3-docs"] == new and tags[f"superseded-{old}-d3-docs"] == old
     with memory.writer() as mem:  # forward to the first commit of d3: the tags swap
         assert mem.set_drops(target(locks[2]), "back to the first d3") == (["d3-docs"], ["d3-docs"])
     memory = Memory.open(cfg)
-    assert build_lock(memory) == locks[2]
+    assert build_manifest(memory) == locks[2]
     tags = {t: v["version"] for v in memory.versions() for t in v["tags"]}
     assert tags["drop-d3-docs"] == old and tags[f"superseded-{new}-d3-docs"] == new
     # the same id with other content after a rollback: ingested, not refused
@@ -119,7 +120,7 @@ def test_rolled_back_drop_is_new_again_and_both_commits_stay_tagged(three):
     shutil.rmtree(src / "d3-docs")
     make_drop(src, "d3-docs", {"other.jsonl": jsonl(python_docs(6, offset=50))})
     assert {r.drop_id: r.status for r in ingest_source(cfg, str(src), show_progress=False)}["d3-docs"] == "ingested"
-    assert build_lock(Memory.open(cfg))["content_hash"] != locks[2]["content_hash"]
+    assert build_manifest(Memory.open(cfg))["content_hash"] != locks[2]["content_hash"]
 
 
 @pytest.mark.parametrize("start,goal", [(2, 0), (0, 2)], ids=["back-two", "forward-two"])
@@ -143,11 +144,11 @@ def test_a_crash_between_rollback_records_leaves_a_complete_memory(three, monkey
         mem.set_drops(target(locks[goal]), "crash")
     monkeypatch.setattr(Memory, "_append_record", real)
     memory = Memory.open(cfg)
-    assert build_lock(memory) == locks[1]  # one record in: exactly the middle memory, from either side
+    assert build_manifest(memory) == locks[1]  # one record in: exactly the middle memory, from either side
     consistent(memory)
     with memory.writer() as mem:  # running the rollback again finishes it
         mem.set_drops(target(locks[goal]), "again")
-    assert build_lock(Memory.open(cfg)) == locks[goal]
+    assert build_manifest(Memory.open(cfg)) == locks[goal]
 
 
 def test_prove_refuses_a_memory_that_differs_from_the_lock(three):
@@ -183,7 +184,7 @@ def test_rollback_rewinds_the_line_and_the_next_run_records_it(tmp_path, monkeyp
     for key, value in (SMALL | TINY | {"AMR_HOME": str(tmp_path / "home")}).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from components.config import load_settings
+    from components.core.config import load_settings
 
     cfg = load_settings(None)
     three_drops(tmp_path / "all")
@@ -191,7 +192,7 @@ def test_rollback_rewinds_the_line_and_the_next_run_records_it(tmp_path, monkeyp
     for name in DROPS:
         shutil.copytree(tmp_path / "all" / name, src / name)
         ingest_source(cfg, str(src), show_progress=False)
-        locks.append(build_lock(Memory.open(cfg)))
+        locks.append(build_manifest(Memory.open(cfg)))
         line = Line(cfg.home)
         run_id = open_run(cfg, line, name)
         train_step(cfg, line, name, run_id)
@@ -275,7 +276,7 @@ def commit_drop(repo: Path, drop: Path, tag: str, cfg) -> None:
     sh(repo, "dvc", "add", "-q", "data/drops")
     results = {r.drop_id: r.status for r in ingest_source(cfg, str(repo / "data" / "drops"), show_progress=False)}
     assert results.pop(drop.name) == "ingested" and set(results.values()) <= {"present"}
-    write_lock(Memory.open(cfg), repo / "memory.lock.json")
+    write_manifest(Memory.open(cfg), repo / "memory.lock.json")
     sh(repo, "dvc", "commit", "-q", "-f", "ingest")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", f"drop {drop.name}")
@@ -288,7 +289,7 @@ def test_rollback_round_trip_through_git_dvc_and_s3(tmp_path, s3_env, monkeypatc
     for key, value in (SMALL | {"AMR_HOME": str(tmp_path / "home")}).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from components.config import load_settings
+    from components.core.config import load_settings
 
     cfg = load_settings(None)
     repo = make_repo(tmp_path, stages=("ingest",))
@@ -311,7 +312,7 @@ def test_rollback_round_trip_through_git_dvc_and_s3(tmp_path, s3_env, monkeypatc
     assert report["removed"] == ["d3-docs"] and report["drops"] == list(DROPS[:2]) and report["data"] == "pull"
     assert "data/drops.dvc" in report["files"] and "dvc.lock" in report["files"]
     memory = Memory.open(cfg)
-    assert build_lock(memory) == locks[1]  # rows, versions and content hash recorded at v2
+    assert build_manifest(memory) == locks[1]  # rows, versions and content hash recorded at v2
     assert report["content_hash"] == locks[1]["content_hash"] and report["rows_after"] == locks[1]["rows"]
     assert sorted(p.name for p in (repo / "data" / "drops").iterdir()) == list(DROPS[:2])
     assert json.loads(sh(repo, "dvc", "status", "--json")) == {}
@@ -319,7 +320,7 @@ def test_rollback_round_trip_through_git_dvc_and_s3(tmp_path, s3_env, monkeypatc
 
     report = json.loads(amr("rollback", "--to", "v3", "--json"))
     assert report["returned"] == ["d3-docs"] and report["version_after"] == locks[2]["memory_version"]
-    assert build_lock(Memory.open(cfg)) == locks[2]
+    assert build_manifest(Memory.open(cfg)) == locks[2]
     assert sorted(p.name for p in (repo / "data" / "drops").iterdir()) == list(DROPS)
     assert json.loads(sh(repo, "dvc", "status", "--json")) == {}
 
@@ -329,7 +330,7 @@ def test_rollback_round_trip_through_git_dvc_and_s3(tmp_path, s3_env, monkeypatc
     orphan = table.version
     restores = [v["version"] for v in Memory.open(cfg).versions() if not v["tags"] and 1 < v["version"] < orphan]
     assert len(restores) == 2  # one per rollback
-    from components import registry
+    from components.adapters import registry
 
     registry.configure(cfg)
     client = MlflowClient()
@@ -347,4 +348,4 @@ def test_rollback_round_trip_through_git_dvc_and_s3(tmp_path, s3_env, monkeypatc
         assert any(f"tag drop-{lock['drops'][-1]['drop_id']}" in r for r in kept[lock["memory_version"]])
         prove(Memory.open(cfg), lock)  # every recorded memory can still be rolled back to
     assert out["log_fragments"][1] == 1 < out["log_fragments"][0]
-    assert build_lock(Memory.open(cfg)) == locks[2]
+    assert build_manifest(Memory.open(cfg)) == locks[2]

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.config import S3Config
-from components.drops import LocalSource, S3Source, UnsafeNameError, open_source, read_drop
-from components.s3 import s3_client, split_s3_uri
+from components.adapters.s3 import s3_client, split_s3_uri
+from components.core.config import S3Config
+from components.ingest.drops import LocalSource, S3Source, UnsafeNameError, open_source, read_drop
 
 PYLIB = Path(os.__file__).parent
 LICENSES = Path("/usr/share/common-licenses")

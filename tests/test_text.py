@@ -6,7 +6,7 @@ from tokenizers import Tokenizer as RawTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from transformers import ByT5Tokenizer, PreTrainedTokenizerFast
 
-from components.text import ByteTokenizer, load_tokenizer
+from components.core.text import ByteTokenizer, load_tokenizer
 
 PYLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 LICENSES = Path("/usr/share/common-licenses")

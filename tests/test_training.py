@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import TrainConfig
+from components.core.config import TrainConfig
 from components.training import Trainer, build_model, get_lr, load_model, per_sample_loss, save_model
 
 TEXT = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/textwrap.py").read_bytes()

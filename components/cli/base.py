@@ -1,5 +1,8 @@
 """The `amr` app, its shared options and consoles; the commands live in the sibling modules.
 
+Each command imports the stage it runs inside its function, so `amr --help` and a bad option answer without
+loading torch, LanceDB or MLflow.
+
 Exit codes: 0 success; 1 failure (bad configuration, unreachable store, crash); 2 bad data (a drop rejected or
 refused, a gate that said no where that is asked to fail).
 """
@@ -13,9 +16,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from components import offline
-from components.config import ConfigError, Settings, load_settings
-from components.locks import RefreshBusy
+from components.adapters.locks import RefreshBusy
+from components.core import offline
+from components.core.config import ConfigError, Settings, load_settings
 
 offline.apply()
 
@@ -41,6 +44,14 @@ def exits_on(*errors: type[Exception], with_type: bool = False) -> Iterator[None
     except errors as exc:
         err.print(f"[red]error:[/red] {f'{type(exc).__name__}: ' if with_type else ''}{exc}", highlight=False)
         raise typer.Exit(1) from None
+
+
+def open_line(cfg: Settings, name: str):
+    """The model line `name`; a bad name or a corrupted state file exits 1 with the file, the field and the fix."""
+    from components.adapters.lines import Line
+
+    with exits_on(ValueError):  # LineStateError is a ValueError
+        return Line(cfg.home, name)
 
 
 def settings(ctx: typer.Context, **overrides) -> Settings:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from components.cli.base import app, err, exits_on, memory_app, out, settings
-from components.config import Settings
+from components.core.config import Settings
 
 
 @app.command()
@@ -38,7 +38,7 @@ def ingest(
 
 
 def memory_json(cfg: Settings, source: str | None) -> dict:
-    from components.memory import Memory
+    from components.adapters.memory import Memory
 
     memory = Memory.open(cfg)
     drops = [
@@ -47,7 +47,7 @@ def memory_json(cfg: Settings, source: str | None) -> dict:
         for r in memory.drops()
     ]
     if source:
-        from components.drops import open_source
+        from components.ingest.drops import open_source
 
         known = {d["drop_id"] for d in drops}
         blank = {"documents": 0, "sequences": 0, "holdout_sequences": 0, "tokens": 0, "clusters": 0, "version": None}
@@ -91,7 +91,7 @@ def memory(
 @memory_app.command("versions")
 def memory_versions(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the memory's LanceDB versions and their tags."""
-    from components.memory import Memory
+    from components.adapters.memory import Memory
 
     versions = Memory.open(settings(ctx)).versions()
     if as_json:
@@ -111,12 +111,12 @@ def memory_lock(
     out_file: Path = typer.Option(Path("memory.lock.json"), "--out", help="Lock file to write (kept in git)."),
 ) -> None:
     """Write the memory's lock file: version, live drops and the content hash of every row (DVC ingest stage)."""
-    from components.memlock import LockError, write_lock
-    from components.memory import Memory, MemoryError_
+    from components.adapters.manifest import ManifestError, write_manifest
+    from components.adapters.memory import Memory, MemoryStoreError
 
     cfg = settings(ctx)
-    with exits_on(MemoryError_, LockError):
-        lock = write_lock(Memory.open(cfg), out_file)
+    with exits_on(MemoryStoreError, ManifestError):
+        lock = write_manifest(Memory.open(cfg), out_file)
     out.print(
         f"{out_file}: memory version {lock['memory_version']}, {len(lock['drops'])} drops, {lock['rows']} rows, "
         f"content {lock['content_hash'][:12]}",
@@ -132,7 +132,7 @@ def memory_cleanup(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Remove old memory versions, never a tagged one or one a registered model was trained on; says why."""
-    from components.retention import cleanup
+    from components.versioning.retention import cleanup
 
     cfg = settings(ctx)
     with exits_on(Exception, with_type=True):  # e.g. the MLflow registry unreachable: nothing was removed (fail closed)

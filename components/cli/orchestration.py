@@ -4,40 +4,47 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from components.cli.base import app, exits_on, out, settings
+from components.cli.base import app, exits_on, open_line, out, settings
 from components.cli.training import print_eval
 
+if TYPE_CHECKING:
+    from components.refresh.steps import DropReport
 
-def _print_reports(reports: list[dict]) -> None:
+
+def _print_reports(reports: list[DropReport]) -> None:
     table = Table(title="refresh: gate decisions")
     for col in ("drop", "model version", "decision", "avg forgetting", "max forgetting", "new-drop loss", "steps"):
         table.add_column(col)
     for r in reports:
-        decision = "[green]champion[/green]" if r["promote"] else "[red]rejected[/red]"
         table.add_row(
-            r["drop_id"],
-            r["version"],
-            decision,
-            f"{r['forgetting_avg']:.4f}",
-            f"{r['forgetting_max']:.4f}",
-            f"{r['plasticity']:.4f}",
-            str(r["steps"]),
+            r.drop_id,
+            r.version,
+            "[green]champion[/green]" if r.promote else "[red]rejected[/red]",
+            *(_number(v) for v in (r.forgetting_avg, r.forgetting_max, r.plasticity)),
+            str(r.steps),
         )
     out.print(table)
     for r in reports:
-        failed = [x for x in r["reasons"] if x.startswith(("fail", "reject"))]
+        failed = [x for x in r.reasons if x.startswith(("fail", "reject"))]
         if failed:
-            out.print(f"[red]{r['drop_id']}[/red]: " + "; ".join(failed), highlight=False)
+            out.print(f"[red]{r.drop_id}[/red]: " + "; ".join(failed), highlight=False)
 
 
-def _run_refresh(ctx: typer.Context, source: str, force: bool, line: str, strategy: str | None, wait: float) -> list:
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _run_refresh(
+    ctx: typer.Context, source: str, force: bool, line: str, strategy: str | None, wait: float
+) -> list[DropReport]:
     from flows.refresh import refresh as refresh_flow
 
-    settings(ctx)  # fail fast, with the key and value, on a bad configuration
+    open_line(settings(ctx), line)  # fail fast on a bad configuration or a corrupted line state: nothing is run
     params = ctx.find_root().obj
     with exits_on():  # only a busy refresh lock is expected here: exit 3
         return refresh_flow(
@@ -91,17 +98,14 @@ def promote(
     note: str = typer.Option("", "--note", help="Why (recorded on the version)."),
 ) -> None:
     """Manual override: make VERSION the champion, whatever the gate said (recorded as manual)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from components import registry
-    from components.gate import override
+    from components.adapters import registry
+    from components.evaluation.gate import override
 
     cfg = settings(ctx)
     registry.configure(cfg)
-    with exits_on(registry.RegistryError, MlflowException):
+    with exits_on(registry.RegistryError, registry.MlflowException):
         mv = registry.set_champion(
-            MlflowClient(),
+            registry.client(),
             cfg.mlflow.registered_model,
             version,
             override(None, note or f"amr promote {version}"),
@@ -113,15 +117,12 @@ def promote(
 @app.command("rollback-model")
 def rollback_model(ctx: typer.Context) -> None:
     """Move `champion` back to the `previous` version."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from components import registry
+    from components.adapters import registry
 
     cfg = settings(ctx)
     registry.configure(cfg)
-    with exits_on(registry.RegistryError, MlflowException):
-        mv = registry.rollback_champion(MlflowClient(), cfg.mlflow.registered_model)
+    with exits_on(registry.RegistryError, registry.MlflowException):
+        mv = registry.rollback_champion(registry.client(), cfg.mlflow.registered_model)
     out.print(f"{cfg.mlflow.registered_model}: champion is back to version {mv.version}")
 
 
@@ -131,8 +132,8 @@ def demo(
     drops_dir: Path = typer.Option(Path("demo-drops"), help="Where to build the demo drops."),
 ) -> None:
     """Build demo drops from real text on this machine and run the full refresh over them."""
-    from components.demo import build_demo_drops
-    from components.registry import configure
+    from components.adapters.registry import configure
+    from components.ingest.demo import build_demo_drops
 
     cfg = settings(ctx)
     out.rule("amr demo")
@@ -141,11 +142,10 @@ def demo(
     reports = _run_refresh(ctx, str(drops_dir), False, "main", None, 0.0)
     if reports:
         _print_reports(reports)
-    from components.lines import Line
-    from components.metrics import forgetting
+    from components.core.metrics import forgetting
 
-    line = Line(cfg.home, "main")
-    if line.state.get("loss_matrix"):
+    line = open_line(cfg, "main")
+    if line.state.loss_matrix:
         print_eval(line.matrix, forgetting(line.matrix), line.root / "eval" / "loss_matrix.png")
     uri = configure(cfg)
     out.rule("look at the results")

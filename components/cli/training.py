@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from components.cli.base import app, bench_app, err, exits_on, out, settings
+from components.cli.base import app, bench_app, err, exits_on, open_line, out, settings
 
 
 def _train_progress(enabled: bool):
@@ -35,20 +35,20 @@ def train(
     ),
 ) -> None:
     """Train the line's model on the next (or given) ingested drop with replay, then evaluate it."""
+    from components.adapters.memory import Memory
     from components.evaluation import evaluate_line
-    from components.lines import Line
-    from components.memory import Memory
     from components.training.loop import train_drop
 
     cfg = settings(ctx, **{"replay.strategy": strategy, "train.nproc": nproc})
-    memory, line = Memory.open(cfg), Line(cfg.home, line_name)
+    line = open_line(cfg, line_name)
+    memory = Memory.open(cfg)
     todo = [d for d in memory.ingested() if d not in line.trained]
     if drop is None and not todo:
         out.print(f"line {line_name} has trained on every ingested drop ({len(line.trained)}); nothing to do")
         return
     target = drop or todo[0]
     if cfg.train.nproc > 1:
-        from components.training.distributed import launch
+        from components.training.launcher import launch
 
         err.print(f"train {target} ({cfg.replay.strategy}) on {cfg.train.nproc} processes (torchrun)")
         result = launch(cfg, line, target)
@@ -91,13 +91,13 @@ def evaluate(
     """Held-out loss of every trained drop: the loss matrix and the forgetting table."""
     from dataclasses import asdict
 
+    from components.adapters.memory import Memory
     from components.evaluation import evaluate_line
-    from components.lines import Line
-    from components.memory import Memory
 
     cfg = settings(ctx)
+    line = open_line(cfg, line_name)
     with exits_on(ValueError):
-        ev = evaluate_line(cfg, Memory.open(cfg), Line(cfg.home, line_name))
+        ev = evaluate_line(cfg, Memory.open(cfg), line)
     if as_json:
         print(
             json.dumps(
@@ -122,7 +122,7 @@ def bench_forgetting_cmd(
     out_file: Path = typer.Option(Path("forgetting.json"), "--out", help="JSON report; .md and .png beside it."),
 ) -> None:
     """Train every strategy through the same stream at equal compute and compare forgetting."""
-    from components.bench import bench_forgetting
+    from components.refresh.bench import bench_forgetting
 
     cfg = settings(ctx)
     with exits_on(ValueError):

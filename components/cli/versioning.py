@@ -18,13 +18,13 @@ def rollback(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Restore the drops (DVC) and the memory (its version recorded at REV) to revision REV, proven by hash."""
-    from components.dvcrepo import RepoError
-    from components.memlock import LockError
-    from components.memory import MemoryError_
-    from components.rollback import rollback as do_rollback
+    from components.adapters.dvcrepo import RepoError
+    from components.adapters.manifest import ManifestError
+    from components.adapters.memory import MemoryStoreError
+    from components.versioning.rollback import rollback as do_rollback
 
     cfg = settings(ctx)
-    with exits_on(LockError, RepoError, MemoryError_):  # RollbackError is a LockError
+    with exits_on(ManifestError, RepoError, MemoryStoreError):  # RollbackError is a ManifestError
         report = do_rollback(cfg, to, lock)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -47,7 +47,7 @@ def metrics_cmd(
     out_dir: Path = typer.Option(Path("metrics"), "--out-dir", help="Where to write the DVC metrics and plots."),
 ) -> None:
     """Write the line's DVC metrics (forgetting, plasticity, gate decision) and plots (DVC refresh stage)."""
-    from components.report import write_stage_outputs
+    from components.refresh.report import write_stage_outputs
 
     cfg = settings(ctx)
     with exits_on(ValueError):
@@ -66,7 +66,7 @@ def dvc_remote(
     name: str = typer.Option("storage", "--name", help="Remote name."),
 ) -> None:
     """Make URL the default DVC remote, with the endpoint and region of the amr S3 settings (no credentials)."""
-    from components.dvcrepo import RepoError, configure_remote, repo_root
+    from components.adapters.dvcrepo import RepoError, configure_remote, repo_root
 
     cfg = settings(ctx)
     if not url.startswith("s3://"):

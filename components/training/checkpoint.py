@@ -1,16 +1,19 @@
-"""Resumable checkpoints: nothing pickled, atomic on disk, the last few kept.
+"""Resumable checkpoints of named stateful parts, the way torchtitan's checkpointer works: nothing pickled, atomic.
+
+A `Checkpointer` is given the model and a mapping of named parts, each with `state_dict()` / `load_state_dict()`
+(the trainer with its optimizer, the torch RNG, the batch planner, the prefetcher). `save(step)` writes them all,
+`load()` restores them all. Parts are either shared (identical on every rank: saved once, by rank 0) or per rank
+(the replay RNG and prefetched plans differ between torchrun ranks: gathered as JSON and saved as a list).
 
 Layout of `<ckpt_dir>/step-<n>/`:
   config.json, model*.safetensors  the model, via `save_model` (so `load_model(step_dir)` works too)
-  optimizer.safetensors            every tensor of `Trainer.state_dict()` (AdamW moments, step counts)
-  rng.safetensors                  torch CPU (and CUDA) generator states, as uint8 tensors
-  state.json                       the non-tensor rest of the trainer state, the step, and the caller's `extra`
+  state.safetensors                every tensor of the shared parts (AdamW moments, RNG states), by dotted key
+  state.json                       format, step, world size, the shared parts' non-tensor rest, every rank's parts
 `<ckpt_dir>/latest` names the newest complete checkpoint; it is the only thing `latest_checkpoint` trusts.
 
-A checkpoint is written into `.tmp-*` next to its final place, fsynced, then renamed; `latest` is
-replaced atomically afterwards. A SIGKILL at any moment thus leaves either the previous state or the
-new one, plus perhaps a `.tmp-*` leftover that readers ignore and the next save removes. One writer per
-directory is assumed (one training process, or rank 0 under torchrun).
+A checkpoint is written into `.tmp-*` next to its final place, fsynced, then renamed; `latest` is replaced
+atomically afterwards. A SIGKILL at any moment thus leaves either the previous state or the new one, plus perhaps a
+`.tmp-*` leftover that readers ignore and the next save removes. One writer per directory (rank 0).
 """
 
 from __future__ import annotations
@@ -20,55 +23,117 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from components.core.files import atomic_write, fsync_dir
 from components.training.model import load_model, save_model
-from components.training.trainer import Trainer
+from components.training.ranks import Dist
 
-FORMAT = 1
+FORMAT = 2
 LATEST = "latest"
 STATE = "state.json"
+TENSORS = "state.safetensors"
 TMP_PREFIX = ".tmp-"
 STEP_RE = re.compile(r"^step-(\d+)$")
 
 
-def save_checkpoint(ckpt_dir: Path, model: PreTrainedModel, trainer: Trainer, extra: dict, keep: int = 2) -> Path:
-    """Write `step-<trainer.step_idx>` atomically, point `latest` at it and keep the newest `keep`.
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
 
-    `extra` holds the caller's resumable state (sampler, data cursor, numpy RNG...) and must be
-    JSON-serializable. Step directories newer than this one are leftovers of a killed run that this
-    run has just overtaken; they are removed with the old ones.
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TorchRNG:
+    """torch's global CPU (and CUDA) generators as a part: dropout draws from them, so a resume must restore them."""
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"cpu": torch.get_rng_state(), "cuda": list(cuda)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and restores `model` plus named parts under `ckpt_dir`; under torchrun a collective, rank 0 writing."""
+
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        model: PreTrainedModel,
+        parts: Mapping[str, Stateful],
+        rank_parts: Mapping[str, Stateful] | None = None,
+        dist: Dist | None = None,
+        keep: int = 2,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.dir, self.model, self.keep = Path(ckpt_dir), model, keep
+        self.parts, self.rank_parts = dict(parts), dict(rank_parts or {})
+        self.dist = dist or Dist.single("cpu")
+
+    def save(self, step: int) -> Path | None:
+        """Write `step-<step>` with every part; returns its path on rank 0 (None on the other ranks)."""
+        ranks = self.dist.all_gather_json({name: part.state_dict() for name, part in self.rank_parts.items()})
+        if not self.dist.is_main:
+            return None
+        shared = {name: part.state_dict() for name, part in self.parts.items()}
+        return save_checkpoint(self.dir, step, self.model, shared, ranks, self.keep)
+
+    def load(self) -> int:
+        """Restore every part from the latest checkpoint; returns its step, or 0 when there is none."""
+        path = latest_checkpoint(self.dir)
+        if path is None:
+            return 0
+        step, shared, ranks = load_checkpoint(path, self.model)
+        if len(ranks) != self.dist.world_size:
+            raise ValueError(f"{path} was written by {len(ranks)} process(es): resume with train.nproc = {len(ranks)}")
+        for name, part in self.parts.items():
+            part.load_state_dict(shared[name])
+        for name, part in self.rank_parts.items():
+            part.load_state_dict(ranks[self.dist.rank][name])
+        return step
+
+
+def save_checkpoint(
+    ckpt_dir: Path, step: int, model: PreTrainedModel, shared: dict[str, Any], ranks: list[dict], keep: int = 2
+) -> Path:
+    """Write `step-<step>` atomically, point `latest` at it and keep the newest `keep`.
+
+    `shared` maps part names to state dicts (tensors go to safetensors, the rest must be JSON-serializable);
+    `ranks` holds each rank's JSON-only parts. Step directories newer than this one are leftovers of a killed run
+    that this run has just overtaken; they are removed with the old ones.
     """
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{trainer.step_idx}"
+    name = f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=ckpt_dir))
     try:
         save_model(model, tmp)
         tensors: dict[str, torch.Tensor] = {}
-        trainer_state = _encode(trainer.state_dict(), "trainer", tensors)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        save_file(_rng_states(), tmp / "rng.safetensors")
+        parts = {key: _encode(value, key, tensors) for key, value in shared.items()}
+        save_file(tensors, tmp / TENSORS)
+        state = {"format": FORMAT, "step": step, "world_size": len(ranks), "parts": parts, "ranks": ranks}
         try:
-            state = {"format": FORMAT, "step": trainer.step_idx, "trainer": trainer_state, "extra": extra}
             text = json.dumps(state, indent=1)
         except TypeError as exc:
-            raise TypeError(f"checkpoint `extra` must be JSON-serializable: {exc}") from exc
+            raise TypeError(f"checkpoint parts must hold tensors and JSON-serializable values: {exc}") from exc
         (tmp / STATE).write_text(text, encoding="utf-8")
         _fsync_tree(tmp)
         final = _move_into_place(tmp, ckpt_dir / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_latest(ckpt_dir, name)
-    _prune(ckpt_dir, keep, trainer.step_idx)
+    atomic_write(ckpt_dir / LATEST, name + "\n")
+    _prune(ckpt_dir, keep, step)
     return final
 
 
@@ -86,16 +151,18 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model: PreTrainedModel, trainer: Trainer) -> dict:
-    """Restore weights, optimizer, step and torch RNG in place; returns the caller's `extra`."""
+def load_checkpoint(path: Path, model: PreTrainedModel) -> tuple[int, dict[str, Any], list[dict]]:
+    """Restore the weights into `model` in place; returns (step, shared parts' states, every rank's parts)."""
     path = Path(path)
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
     if state.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT}")
+        raise ValueError(
+            f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT}; delete "
+            f"{path.parent} to train the drop from its start"
+        )
     _restore_weights(model, path)
-    trainer.load_state_dict(_decode(state["trainer"], load_file(path / "optimizer.safetensors")))
-    _restore_rng(load_file(path / "rng.safetensors"))
-    return state["extra"]
+    tensors = load_file(path / TENSORS)
+    return int(state["step"]), {k: _decode(v, tensors) for k, v in state["parts"].items()}, state["ranks"]
 
 
 def _encode(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -125,21 +192,6 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _rng_states() -> dict[str, torch.Tensor]:
-    """Dropout draws from these; without them a resumed run diverges from an uninterrupted one."""
-    states = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states.update({f"torch_cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return states
-
-
-def _restore_rng(states: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(states["torch_cpu"])
-    cuda = [states[f"torch_cuda.{i}"] for i in range(sum(k.startswith("torch_cuda.") for k in states))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
 def _restore_weights(model: PreTrainedModel, path: Path) -> None:
     """Copy the saved weights into `model`; tied weights (GPT-2's lm_head) are saved once and refilled by the tie."""
     saved: dict[str, torch.Tensor] = {}
@@ -164,18 +216,8 @@ def _move_into_place(tmp: Path, final: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
-
-
-def _write_latest(ckpt_dir: Path, name: str) -> None:
-    tmp = ckpt_dir / f"{TMP_PREFIX}{LATEST}-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / LATEST)
-    _fsync_dir(ckpt_dir)
 
 
 def _prune(ckpt_dir: Path, keep: int, current: int) -> None:
@@ -183,7 +225,7 @@ def _prune(ckpt_dir: Path, keep: int, current: int) -> None:
     stale = [n for n in steps if n > current] + [n for n in steps if n <= current][:-keep]
     for n in stale:
         shutil.rmtree(ckpt_dir / f"step-{n}", ignore_errors=True)
-    for p in ckpt_dir.glob(f"{TMP_PREFIX}*"):  # leftovers of writers killed mid-save
+    for p in [*ckpt_dir.glob(f"{TMP_PREFIX}*"), *ckpt_dir.glob(f".{LATEST}.*.tmp")]:  # writers killed mid-save
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -195,12 +237,4 @@ def _fsync_tree(root: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)

@@ -20,7 +20,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from components.config import TrainConfig
+from components.core.config import TrainConfig
 
 # One bar per save_pretrained/from_pretrained is noise next to amr's own progress bars.
 hf_logging.disable_progress_bar()

@@ -16,27 +16,17 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from components.config import TrainConfig
+from components.core.config import TrainConfig
+from components.training.ranks import Dist, resolve_device
 from components.training.schedule import get_lr
 
-if TYPE_CHECKING:
-    from components.training.distributed import Dist
-
 IGNORE = -100  # label of padding positions, as in Hugging Face
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto' (or None) picks CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def configure_torch(device: torch.device) -> None:
@@ -117,11 +107,11 @@ class Trainer:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.cfg = cfg
         self.total_steps = total_steps
-        self.device = resolve_device(device if device is not None else cfg.device)
+        self.dist = dist if dist is not None else Dist.single(device if device is not None else cfg.device)
+        self.device = self.dist.device
         configure_torch(self.device)
         self.model = model.to(self.device)  # the plain module: what checkpoints and commits save
-        self.dist = dist
-        self.forward_module = dist.wrap(self.model) if dist else self.model  # DDP syncs gradients in its backward
+        self.forward_module = self.dist.wrap(self.model)  # under DDP it syncs gradients in its backward
         self.optimizer = self._build_optimizer()
         self.step_idx = 0
         self.last_stats: dict[str, float] = {}
@@ -156,8 +146,7 @@ class Trainer:
         start = time.perf_counter()
         tokens, lengths = _host_tensors(tokens, lengths)
         n_tokens = int((lengths - 1).clamp(min=0).sum())  # counted on the host: no GPU sync
-        if self.dist:
-            n_tokens = int(self.dist.all_reduce_sum(n_tokens)[0])  # the global batch's tokens
+        n_tokens = int(self.dist.all_reduce_sum(n_tokens)[0])  # the global batch's tokens
         if n_tokens == 0:
             raise ValueError("the batch has no token to predict (every row is shorter than 2 tokens)")
         tokens, lengths = tokens.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
@@ -168,23 +157,22 @@ class Trainer:
         sums = torch.zeros(len(tokens), device=self.device)
         counts = torch.zeros(len(tokens), dtype=torch.long, device=self.device)
         micro = list(self._micro_batches(len(tokens)))
+        world = self.dist.world_size
         for i, idx in enumerate(micro):
             last = i == len(micro) - 1
-            with contextlib.nullcontext() if last or not self.dist else self.forward_module.no_sync():
+            with contextlib.nullcontext() if last or world == 1 else self.forward_module.no_sync():
                 with autocast(self.device):
                     row_sum, row_count = _row_losses(self.forward_module, tokens[idx], lengths[idx])
                 loss = row_sum.sum() / n_tokens
                 # DDP averages the gradients over ranks; scaling by the world size turns that into the sum
-                (loss * self.dist.world_size if self.dist else loss).backward()
+                (loss * world if world > 1 else loss).backward()
             sums[idx], counts[idx] = row_sum.detach(), row_count
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_idx += 1
         losses = _mean_per_row(sums, counts)  # copies to the host, so the timing below includes the GPU work
-        total = sums.sum().item()
-        if self.dist:
-            total = float(self.dist.all_reduce_sum(total)[0])
+        total = float(self.dist.all_reduce_sum(sums.sum().item())[0])
         elapsed = time.perf_counter() - start
         self.last_stats = {
             "lr": lr,

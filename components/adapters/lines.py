@@ -1,0 +1,217 @@
+"""A model line: one model continually trained drop after drop, with its state on disk.
+
+`$AMR_HOME/lines/<name>/` holds
+  state.json        the commit point (`LineState`): drops trained (in order), memory version of each, the current
+                    model directory, the sampler state carried to the next refresh, the arms' reference losses,
+                    the loss matrix, a history row per drop, and a pending data-rollback note
+  states/<drop>.json  the state before <drop> was trained (what `rewind` and `amr rollback` restore)
+  models/<drop>/    the weights after training <drop> (safetensors + config.json); the newest two are kept
+  checkpoints/<drop>/  in-progress checkpoints of the drop being trained (removed once it is committed)
+  eval/             loss matrix JSON/CSV/heatmap of the latest evaluation
+
+`state.json` is replaced atomically and written last, so a crash at any point leaves the previous state, and
+an unfinished drop resumes from its checkpoints. It is validated on load: a corrupted or hand-edited file fails
+with its path, the field and the fix, and nothing is written. The refresh flow uses the line `main`; the forgetting
+benchmark uses one line per strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.core.files import write_json_atomic
+from components.core.ids import is_drop_id
+from components.core.metrics import LossMatrix
+
+KEEP_MODELS = 2
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MODEL_DIR = re.compile(r"models/(?P<drop>[^/]+)")
+
+
+class LineStateError(ValueError):
+    """A line's state file cannot be read or does not hold a valid state; nothing was changed."""
+
+
+class LineState(BaseModel):
+    """What `state.json` holds; every field is checked on load."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    trained: list[str] = Field(default_factory=list, description="drops trained, in order")
+    versions: dict[str, int] = Field(default_factory=dict, description="memory version each drop was trained at")
+    model: str | None = Field(None, description="`models/<drop>`: the current weights, relative to the line")
+    sampler: dict[str, Any] | None = Field(None, description="replay sampler state carried to the next refresh")
+    arm_ref: dict[str, float] = Field(default_factory=dict, description="reference loss per arm (train probe)")
+    history: list[dict[str, Any]] = Field(default_factory=list, description="training record per drop")
+    loss_matrix: dict[str, Any] | None = Field(None, description="L[t][j], as LossMatrix.to_dict() writes it")
+    rolled_back_to: str | None = Field(None, description="data rollback not yet recorded on an MLflow run")
+
+    @field_validator("trained")
+    @classmethod
+    def _drop_ids(cls, trained: list[str]) -> list[str]:
+        bad = [d for d in trained if not is_drop_id(d)]
+        if bad:
+            raise ValueError(f"not drop ids: {bad[:3]}")
+        if len(set(trained)) != len(trained):
+            raise ValueError(f"a drop is listed twice: {trained}")
+        return trained
+
+    @field_validator("model")
+    @classmethod
+    def _model_dir(cls, model: str | None) -> str | None:
+        if model is not None and not ((m := MODEL_DIR.fullmatch(model)) and is_drop_id(m["drop"])):
+            raise ValueError(f"{model!r} is not of the form models/<drop id> (it must stay inside the line)")
+        return model
+
+    @field_validator("loss_matrix")
+    @classmethod
+    def _matrix(cls, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        if data is not None:
+            LossMatrix.from_dict(data)  # raises on a malformed matrix
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LineState:
+        if set(self.versions) != set(self.trained):
+            raise ValueError(f"versions has drops {sorted(self.versions)} but trained lists {self.trained}")
+        if self.model is not None and self.model.removeprefix("models/") not in self.trained:
+            raise ValueError(f"model {self.model!r} is of a drop the line has not trained")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> LineState:
+        """Read and validate `path`; errors name the file, the line or field, and the fix."""
+        fix = (
+            f"Fix: restore it from the state saved before the last drop ({path.parent / 'states'}/<drop>.json), or "
+            f"move {path.parent} away to train the line again from scratch. Nothing was changed."
+        )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise LineStateError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}). {fix}") from None
+        except UnicodeDecodeError as exc:
+            raise LineStateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). {fix}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"field `{'.'.join(str(p) for p in e['loc']) or '(top level)'}`: {e['msg']}" for e in exc.errors()
+            )
+            raise LineStateError(f"{path}: invalid line state: {problems}. {fix}") from None
+
+
+class Line:
+    def __init__(self, home: Path, name: str = "main"):
+        if not NAME.fullmatch(name):
+            raise ValueError(f"line name {name!r}: use letters, digits, '.', '_' or '-'")
+        self.name = name
+        self.root = Path(home) / "lines" / name
+        self.state = self._read()
+
+    def _read(self) -> LineState:
+        path = self.root / "state.json"
+        return LineState.load(path) if path.exists() else LineState()
+
+    def save(self) -> None:
+        write_json_atomic(self.root / "state.json", self.state.model_dump())
+
+    @property
+    def trained(self) -> list[str]:
+        return list(self.state.trained)
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self.root / self.state.model if self.state.model else None
+
+    def checkpoints(self, drop_id: str) -> Path:
+        return self.root / "checkpoints" / drop_id
+
+    @property
+    def matrix(self) -> LossMatrix:
+        data = self.state.loss_matrix
+        return LossMatrix.from_dict(data) if data else LossMatrix()
+
+    def reload(self) -> None:
+        """Read the state again (after another process, e.g. a torchrun rank, committed)."""
+        self.state = self._read()
+
+    def snapshot_before(self, drop_id: str) -> LineState | None:
+        """The state saved just before `drop_id` was trained, if it is still on disk."""
+        path = self.root / "states" / f"{drop_id}.json"
+        return LineState.load(path) if path.exists() else None
+
+    def commit_training(
+        self,
+        drop_id: str,
+        version: int,
+        write_model: Callable[[Path], None],
+        sampler_state: Mapping[str, Any] | None,
+        record: Mapping[str, Any],
+    ) -> None:
+        """Publish the trained weights (`write_model` fills a directory), then the state that points at them."""
+        final = self.root / "models" / drop_id
+        write_json_atomic(self.root / "states" / f"{drop_id}.json", self.state.model_dump())
+        (self.root / "models").mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{drop_id}-", dir=self.root / "models"))
+        write_model(tmp)
+        if final.exists():  # a previous attempt died after publishing but before state.json: redo it
+            shutil.rmtree(final)
+        tmp.replace(final)
+        state = self.state.model_copy(deep=True)
+        state.trained.append(drop_id)
+        state.versions[drop_id] = version
+        state.model = final.relative_to(self.root).as_posix()
+        if sampler_state is not None:
+            state.sampler = dict(sampler_state)
+        state.history.append(dict(record))
+        self.state = LineState.model_validate(state.model_dump())
+        self.save()
+        shutil.rmtree(self.checkpoints(drop_id), ignore_errors=True)
+        for old in self.state.trained[:-KEEP_MODELS]:
+            shutil.rmtree(self.root / "models" / old, ignore_errors=True)
+
+    def rewind(self) -> str:
+        """Undo the last trained drop (for `refresh --force`): its state before, its model gone; returns its id."""
+        if not self.trained:
+            raise ValueError(f"line {self.name} has trained nothing; nothing to rewind")
+        last = self.trained[-1]
+        before = self.snapshot_before(last)
+        if before is None:
+            raise ValueError(f"line {self.name}: no state saved before {last}; cannot rewind it")
+        if before.model and not (self.root / before.model).exists():
+            raise ValueError(f"line {self.name}: the model before {last} was pruned; rewind is limited to one drop")
+        self.state = before
+        self.save()
+        shutil.rmtree(self.root / "models" / last, ignore_errors=True)
+        return last
+
+    def commit_evaluation(self, matrix: LossMatrix, arm_ref: Mapping[str, float]) -> None:
+        self.state.loss_matrix = matrix.to_dict()
+        self.state.arm_ref = dict(arm_ref)
+        self.save()
+
+    # ---- the data-rollback hand-off: `amr rollback` marks the line, the next refresh's run records it ----------
+
+    def mark_rolled_back(self, note: str, state: LineState | None = None) -> None:
+        """Record a data rollback (optionally replacing the state: the line rewound), saved at once."""
+        self.state = (state or self.state).model_copy(update={"rolled_back_to": note})
+        self.save()
+
+    @property
+    def rollback_note(self) -> str | None:
+        """The data rollback the next MLflow run of this line must record, if any."""
+        return self.state.rolled_back_to
+
+    def clear_rollback_note(self) -> None:
+        """Called once a run has recorded the note, so that only one run does."""
+        if self.state.rolled_back_to is not None:
+            self.state.rolled_back_to = None
+            self.save()

@@ -1,0 +1,202 @@
+"""Pure parsers: one file's bytes in, its documents and issues out. No I/O, so every rule is unit-testable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from components.ingest.drops.model import MANIFEST, MAX_ISSUES_PER_FILE, Document, DropManifest, FileIssues
+
+BOM = b"\xef\xbb\xbf"
+FIX_JSONL = 'make each line one JSON object with a string field "text"'
+FIX_UTF8 = "save the file as UTF-8"
+FIX_BINARY = "remove the binary file: only .jsonl, .parquet and UTF-8 text files belong in a drop"
+FIX_EMPTY = "remove the empty file or put documents in it"
+FIX_SIZE = "split the document, or raise ingest.max_document_bytes"
+FIX_PARQUET = 'write a parquet file with a string column "text"'
+FIX_MANIFEST = "make _drop.json one JSON object with only drop_id, description, source, license, created_at, tags"
+JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+Parsed = tuple[list[Document], FileIssues]
+
+
+def parse_document_file(name: str, data: bytes, max_document_bytes: int) -> Parsed:
+    """Dispatch on the suffix: .jsonl and .parquet are structured, anything else is one text document."""
+    suffix = PurePosixPath(name).suffix.lower()
+    parser = {".jsonl": parse_jsonl, ".parquet": parse_parquet}.get(suffix, parse_text)
+    return parser(name, data, max_document_bytes)
+
+
+def _too_big(size: int, limit: int, what: str) -> str:
+    return f"{what} is {size:,} bytes, over max_document_bytes={limit:,}"
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def parse_jsonl(name: str, data: bytes, max_document_bytes: int) -> Parsed:
+    issues, documents = FileIssues(name), []
+    if not data.strip():
+        issues.add(None, "empty file: only blank lines" if data else "empty file", FIX_EMPTY)
+        return documents, issues
+    if (nul := data.find(b"\0")) >= 0:  # compressed or binary data named .jsonl: one issue, not one per line
+        issues.add(_line_of(data, nul), "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
+        return documents, issues
+    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        if issues.full:
+            issues.stop(f"line {number} and later")
+            break
+        if len(raw) > max_document_bytes:  # measured before parsing, so a huge line costs no JSON work
+            issues.add(number, _too_big(len(raw), max_document_bytes, "the line"), FIX_SIZE)
+        elif (text := _jsonl_text(raw, number, issues)) is not None:
+            documents.append(Document(text, name, number))
+    return documents, issues
+
+
+def _jsonl_text(raw: bytes, number: int, issues: FileIssues) -> str | None:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        issues.add(number, f"invalid UTF-8 at byte {exc.start + 1} of the line", FIX_UTF8)
+        return None
+    except json.JSONDecodeError as exc:
+        issues.add(number, f"invalid JSON: {exc.msg} (column {exc.colno})", FIX_JSONL)
+        return None
+    except (ValueError, RecursionError) as exc:  # integers over 4300 digits, nesting deeper than the stack
+        issues.add(number, f"invalid JSON: {exc}", FIX_JSONL)
+        return None
+    text = obj.get("text") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        issues.add(number, f"the line holds {_json_type(obj)}, not a JSON object", FIX_JSONL)
+    elif "text" not in obj:
+        issues.add(number, 'missing field "text"', FIX_JSONL)
+    elif not isinstance(text, str):
+        issues.add(number, f'field "text" is {_json_type(text)}, not a string', FIX_JSONL)
+    elif not _encodable(text):  # "\ud800" is valid JSON but no UTF-8 string: the tokenizer would fail later
+        fix = "write the text as UTF-8, or escape characters above U+FFFF as surrogate pairs"
+        issues.add(number, 'field "text" holds an unpaired surrogate escape (\\ud800-\\udfff)', fix)
+    else:
+        return text
+    return None
+
+
+def _json_type(value: object) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_text(name: str, data: bytes, max_document_bytes: int) -> Parsed:
+    """The whole file is one document, kept as written apart from a leading byte-order mark."""
+    issues = FileIssues(name)
+    if not data.strip():
+        issues.add(None, "empty file: only whitespace" if data else "empty file", FIX_EMPTY)
+        return [], issues
+    if len(data) > max_document_bytes:
+        issues.add(None, _too_big(len(data), max_document_bytes, "the file"), FIX_SIZE)
+    if (nul := data.find(b"\0")) >= 0:
+        issues.add(_line_of(data, nul), "binary data (a NUL byte), not text", FIX_BINARY)
+        return [], issues
+    body = data.removeprefix(BOM)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = body[exc.start]
+        issues.add(_line_of(body, exc.start), f"invalid UTF-8 (byte 0x{bad:02x})", FIX_UTF8)
+        return [], issues
+    return ([] if issues else [Document(text, name, None)]), issues
+
+
+def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
+    issues, documents = FileIssues(name), []
+    if not data:
+        issues.add(None, "empty file", FIX_EMPTY)
+        return documents, issues
+    column = _text_column(data, issues)
+    if column is None:
+        return documents, issues
+    if len(column) == 0:
+        issues.add(None, "empty file: no rows", FIX_EMPTY)
+        return documents, issues
+    sizes = pc.binary_length(column).to_pylist()
+    for row, (text, size) in enumerate(zip(column.to_pylist(), sizes, strict=True), 1):
+        if issues.full:
+            issues.stop(f"row {row} and later")
+            break
+        if text is None:
+            issues.add(row, 'null in column "text"', 'put a string in every row of column "text"')
+        elif size > max_document_bytes:
+            issues.add(row, _too_big(size, max_document_bytes, "the cell"), FIX_SIZE)
+        else:
+            documents.append(Document(text, name, row))
+    return documents, issues
+
+
+def _text_column(data: bytes, issues: FileIssues) -> pa.ChunkedArray | None:
+    """Column "text" as large_string, or None with an issue saying why it cannot be read."""
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        names = parquet.schema_arrow.names
+        if "text" not in names:
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            issues.add(None, f'no column "text" (columns: {shown or "none"})', FIX_PARQUET)
+            return None
+        column = parquet.read(columns=["text"]).column("text")
+        if pa.types.is_dictionary(column.type):  # pandas categoricals round-trip as dictionaries
+            column = column.cast(column.type.value_type)
+        kind = column.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            issues.add(None, f'column "text" has type {kind}, not string', FIX_PARQUET)
+            return None
+        column = column.cast(pa.large_string())
+        column.validate(full=True)  # full validation checks that every cell is UTF-8
+        return column
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        issues.add(None, f"unreadable parquet: {str(exc).rstrip('.')}", FIX_PARQUET)
+        return None
+
+
+def parse_manifest(data: bytes, drop_id: str) -> tuple[DropManifest | None, FileIssues]:
+    """`_drop.json` validated by pydantic; each error names its field."""
+    issues = FileIssues(MANIFEST)
+    body = data.removeprefix(BOM)
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        issues.add(_line_of(body, exc.start), "invalid UTF-8", FIX_MANIFEST)
+        return None, issues
+    except json.JSONDecodeError as exc:
+        issues.add(exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", FIX_MANIFEST)
+        return None, issues
+    except (ValueError, RecursionError) as exc:
+        issues.add(None, f"invalid JSON: {exc}", FIX_MANIFEST)
+        return None, issues
+    try:
+        return DropManifest.model_validate(obj, context={"drop_id": drop_id}), issues
+    except ValidationError as exc:
+        for err in exc.errors()[:MAX_ISSUES_PER_FILE]:
+            where = ".".join(str(part) for part in err["loc"])
+            issues.add(None, f'field "{where}": {err["msg"]}' if where else err["msg"], FIX_MANIFEST)
+        return None, issues

@@ -1,0 +1,133 @@
+"""Where drops live: a local directory or an S3 prefix, behind one small `DropSource` protocol.
+
+Sources only list and fetch bytes; deciding what a file means is `read_drop`'s job. Both refuse to read a
+name that could leave the drop (`UnsafeNameError`), so a hostile listing can never make ingest read
+`/etc/passwd` or another bucket prefix, whatever the caller does with the names.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any, Protocol
+
+from components.adapters import s3 as s3_io
+from components.core.config import S3Config
+from components.ingest.drops.model import READY, DropRef, check_drop_id, unsafe_name_reason
+
+
+class UnsafeNameError(ValueError):
+    """A file name or symlink that would leave the drop; the file was not read."""
+
+
+class DropSource(Protocol):
+    location: str
+
+    def list_drops(self) -> list[DropRef]:
+        """Every drop, ready or pending, sorted by drop_id."""
+        ...
+
+    def list_files(self, drop_id: str) -> list[str]:
+        """Relative names of every file in the drop, sorted; unsafe names are included so they can be reported."""
+        ...
+
+    def read_bytes(self, drop_id: str, name: str) -> bytes:
+        """The file's bytes; raises UnsafeNameError (without reading) for a name that leaves the drop."""
+        ...
+
+
+def _refuse_unsafe(name: str) -> None:
+    if reason := unsafe_name_reason(name):
+        raise UnsafeNameError(f"unsafe name: {reason}")
+
+
+def _visible(name: str) -> bool:
+    return bool(name) and name[0] not in "_."  # _tmp, .staging: a producer's scratch space, not drops
+
+
+class LocalSource:
+    """Drops as sub-directories of a local directory (symlinked drop directories are followed)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.location = str(self.root)
+
+    def list_drops(self) -> list[DropRef]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"drop root {self.root} is not a directory")
+        entries = sorted(os.scandir(self.root), key=lambda entry: entry.name)
+        return [
+            DropRef(e.name, os.path.exists(os.path.join(e.path, READY)), e.path)
+            for e in entries
+            if _visible(e.name) and e.is_dir()
+        ]
+
+    def _drop_dir(self, drop_id: str) -> Path:
+        drop_dir = self.root / check_drop_id(drop_id)
+        if not drop_dir.is_dir():
+            raise FileNotFoundError(f"drop {drop_id!r} not found under {self.root}")
+        return drop_dir
+
+    def list_files(self, drop_id: str) -> list[str]:
+        drop_dir = self._drop_dir(drop_id)
+        names = []
+        for dirpath, dirnames, filenames in os.walk(drop_dir, onerror=_raise):  # does not descend into symlinks
+            rel = Path(dirpath).relative_to(drop_dir)
+            linked_dirs = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            names += [(rel / leaf).as_posix() for leaf in filenames + linked_dirs]
+        return sorted(names)
+
+    def read_bytes(self, drop_id: str, name: str) -> bytes:
+        _refuse_unsafe(name)
+        drop_dir = self._drop_dir(drop_id).resolve()
+        target = (drop_dir / name).resolve()
+        if not target.is_relative_to(drop_dir):
+            raise UnsafeNameError(f"unsafe symlink: resolves outside the drop (to {target})")
+        mode = target.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block the read forever; a directory cannot be read
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+            raise OSError(f"not a regular file but {kind}")
+        return target.read_bytes()
+
+
+def _raise(exc: OSError) -> None:
+    raise exc  # os.walk would otherwise skip an unreadable sub-directory, and its documents, silently
+
+
+class S3Source:
+    """Drops as prefixes `s3://bucket/prefix/<drop_id>/` of any S3-compatible store."""
+
+    def __init__(self, location: str, client: Any = None, s3: S3Config | None = None) -> None:
+        self.bucket, self.prefix = s3_io.split_s3_uri(location)
+        self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.client = client if client is not None else s3_io.s3_client(s3)
+
+    def list_drops(self) -> list[DropRef]:
+        ids = sorted(d for d in s3_io.list_subprefixes(self.client, self.bucket, self.prefix) if _visible(d))
+        return [DropRef(d, self._ready(d), f"s3://{self.bucket}/{self.prefix}{d}") for d in ids]
+
+    def _ready(self, drop_id: str) -> bool:
+        return s3_io.object_exists(self.client, self.bucket, f"{self.prefix}{drop_id}/{READY}")
+
+    def _drop_prefix(self, drop_id: str) -> str:
+        return f"{self.prefix}{check_drop_id(drop_id)}/"
+
+    def list_files(self, drop_id: str) -> list[str]:
+        prefix = self._drop_prefix(drop_id)
+        keys = s3_io.list_keys(self.client, self.bucket, prefix)
+        return sorted(key[len(prefix) :] for key in keys if not key.endswith("/"))  # "x/": a console folder marker
+
+    def read_bytes(self, drop_id: str, name: str) -> bytes:
+        _refuse_unsafe(name)
+        response = self.client.get_object(Bucket=self.bucket, Key=self._drop_prefix(drop_id) + name)
+        return response["Body"].read()
+
+
+def open_source(location: str, s3: S3Config | None = None) -> DropSource:
+    """A local directory, or s3://bucket/prefix read through `s3_client(s3)`."""
+    if location.startswith("s3://"):
+        return S3Source(location, s3=s3)
+    if "://" in location:
+        raise ValueError(f"unsupported drop location {location!r}: use a local directory or s3://bucket/prefix")
+    return LocalSource(location)
