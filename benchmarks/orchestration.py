@@ -42,9 +42,9 @@ line = Line(settings.home, "main")
 for drop in steps.drops_to_train(settings, line):
     run_id = steps.open_run(settings, line, drop)
     steps.train_step(settings, line, drop, run_id)
-    ev = steps.evaluate_step(settings, line, run_id)
-    version = steps.register_step(settings, line, run_id)
-    steps.gate_step(settings, line, ev, version, run_id)
+    ev = steps.evaluate_step(settings, line, drop, run_id)
+    version = steps.register_step(settings, line, drop, run_id)
+    steps.gate_step(settings, line, drop, ev, version, run_id)
 """
 
 

@@ -39,22 +39,23 @@ def train(settings: Settings, line: str, drop_id: str, run_id: str) -> TrainResu
 
 
 @task(retries=1, retry_delay_seconds=[10], cache_policy=NO_CACHE)
-def evaluate(settings: Settings, line: str, run_id: str) -> Evaluation:
-    return steps.evaluate_step(settings, Line(settings.home, line), run_id)
+def evaluate(settings: Settings, line: str, drop_id: str, run_id: str) -> Evaluation:
+    return steps.evaluate_step(settings, Line(settings.home, line), drop_id, run_id)
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
-def register(settings: Settings, line: str, run_id: str) -> str:
-    return steps.register_step(settings, Line(settings.home, line), run_id)
+def register(settings: Settings, line: str, drop_id: str, run_id: str) -> str:
+    return steps.register_step(settings, Line(settings.home, line), drop_id, run_id)
 
 
 @task(cache_policy=NO_CACHE)
-def gate(settings: Settings, line: str, evaluation: Evaluation, version: str, run_id: str) -> steps.GateOutcome:
-    outcome = steps.gate_step(settings, Line(settings.home, line), evaluation, version, run_id)
-    drop = Line(settings.home, line).trained[-1]
+def gate(
+    settings: Settings, line: str, drop_id: str, evaluation: Evaluation, version: str, run_id: str
+) -> steps.GateOutcome:
+    outcome = steps.gate_step(settings, Line(settings.home, line), drop_id, evaluation, version, run_id)
     create_markdown_artifact(
-        markdown=f"# Gate for {drop} (model version {version})\n\n" + outcome.decision.to_markdown(),
-        key="gate-" + re.sub(r"[^a-z0-9-]+", "-", f"{line}-{drop}".lower()).strip("-"),
+        markdown=f"# Gate for {drop_id} (model version {version})\n\n" + outcome.decision.to_markdown(),
+        key="gate-" + re.sub(r"[^a-z0-9-]+", "-", f"{line}-{drop_id}".lower()).strip("-"),
         description=f"promotion decision for {settings.mlflow.registered_model} v{version}",
     )
     return outcome
@@ -69,7 +70,8 @@ def refresh(
     strategy: str | None = None,
     wait_seconds: float = 0.0,
 ) -> list[steps.DropReport]:
-    """Ingest new drops of `source`, then train, evaluate, register and gate each new drop in order."""
+    """Ingest new drops of `source`, finish any drop an earlier run left unfinished, then train, evaluate, register
+    and gate each new drop in order."""
     settings = load_settings(params, **{"replay.strategy": strategy})
     logger = get_run_logger()
     with steps.refresh_lock(settings, wait_seconds):
@@ -83,12 +85,16 @@ def refresh(
             )
             return []
         reports = []
-        for drop_id in todo:
+        for drop_id in todo:  # an interrupted drop first: each step resumes where the last attempt stopped
             run_id = open_run(settings, line, drop_id)
-            trained = train(settings, line, drop_id, run_id)
-            evaluation = evaluate(settings, line, run_id)
-            version = register(settings, line, run_id)
-            outcome = gate(settings, line, evaluation, version, run_id)
+            try:
+                trained = train(settings, line, drop_id, run_id)
+                evaluation = evaluate(settings, line, drop_id, run_id)
+                version = register(settings, line, drop_id, run_id)
+                outcome = gate(settings, line, drop_id, evaluation, version, run_id)
+            except BaseException as exc:
+                steps.fail_run(run_id, exc)
+                raise
             report = steps.DropReport.build(drop_id, run_id, trained, evaluation, outcome)
             reports.append(report)
             logger.info(

@@ -31,6 +31,12 @@ BUCKETS = ("amr-memory", "amr-drops", "amr-mlflow")
 # moto accepts any credentials: these are placeholders for its fake S3, never real secrets
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+# MLflow 3.x starts a job runner and seven huey consumers beside its web server (about 1.8 GB RSS) for GenAI
+# jobs (scorers, trace rollups) that amr never submits; off, the server is one launcher and one uvicorn worker.
+# A value exported by the user wins.
+MLFLOW_SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+}
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class Stack:
         prefect = [_exe("prefect"), "server", "start", "--host", HOST, "--port", str(self.prefect_port)]
         return {
             "s3": ([_exe("moto_server"), "-H", HOST, "-p", str(self.s3_port)], {}),
-            "mlflow": (mlflow, S3_ENV | {"MLFLOW_S3_ENDPOINT_URL": self.s3_url}),
+            "mlflow": (mlflow, S3_ENV | MLFLOW_SERVER_ENV | {"MLFLOW_S3_ENDPOINT_URL": self.s3_url}),
             "prefect": (prefect, {"PREFECT_HOME": str(self.root / "prefect")}),
         }
 

@@ -91,12 +91,13 @@ def mlflow_server(tmp_path_factory):
     cmd += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", "1"]
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner and seven huey consumers (~1.8 GB)
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, root / "server.log")
-        yield SimpleNamespace(url=url, artifacts=root / "artifacts")
+        yield SimpleNamespace(url=url, artifacts=root / "artifacts", pid=proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this fixture started
         try:

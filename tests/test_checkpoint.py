@@ -157,7 +157,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, strai
     model, trainer, rng = resume(ckpt)
     train(model, trainer, rng, ckpt_dir=ckpt)
     assert_same_weights(model, straight)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step-12", "step-8"]  # keep=2, leftovers gone
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-12", "step-8"]  # keep=2, leftovers gone
 
 
 def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
@@ -171,27 +171,24 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path: Path) -> None:
     assert state["step"] == 1 and state["world_size"] == 1
     assert state["ranks"] == [{"box": {"value": {"cursor": 17, "q": [0.5, 1.0]}}}]
     assert state["parts"]["trainer"]["step_idx"] == 1 and set(state["parts"]) == {"trainer", "torch_rng"}
-    assert (tmp_path / "latest").read_text().strip() == "step-1"
     reloaded = load_model(path)  # a checkpoint is also a plain model directory
     assert torch.equal(reloaded.transformer.wte.weight, model.transformer.wte.weight)
 
 
-def test_keeps_the_last_two_and_drops_overtaken_ones(tmp_path: Path) -> None:
+def test_keeps_the_last_two_and_resumes_from_the_newest(tmp_path: Path) -> None:
     model, trainer = make()
     for _ in range(3):
         trainer.step(DATA[:4], LENGTHS[:4])
-        checkpointer(tmp_path, model, trainer, Box()).save(trainer.step_idx)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-3"]
+        checkpointer(tmp_path, model, trainer, Box(trainer.step_idx)).save(trainer.step_idx)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-3"]
     assert latest_checkpoint(tmp_path) == tmp_path / "step-3"
-    (tmp_path / "latest").write_text("step-2\n")  # as if killed between the step-3 rename and the pointer
-    model, trainer, _ = resume_plain(tmp_path)
-    assert trainer.step_idx == 2
-    checkpointer(tmp_path, model, trainer, Box({"again": True})).save(2)  # replaces step-2; step-3 was overtaken
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2"]
+    model, trainer, value = resume_plain(tmp_path)
+    assert trainer.step_idx == 3 and value == 3
+    checkpointer(tmp_path, model, trainer, Box({"again": True})).save(3)  # the same step saved again replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-3"]
     assert resume_plain(tmp_path)[2] == {"again": True}
-    trainer.step(DATA[:4], LENGTHS[:4])
-    checkpointer(tmp_path, model, trainer, Box()).save(3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-3"]
+    checkpointer(tmp_path, model, trainer, Box()).save(2)  # a run that resumed from step 2 overtakes step 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2"]
 
 
 def resume_plain(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, object]:
@@ -201,40 +198,43 @@ def resume_plain(ckpt_dir: Path) -> tuple[torch.nn.Module, Trainer, object]:
     return model, trainer, box.value
 
 
-def test_directories_without_pointer_or_half_written_are_ignored(tmp_path: Path) -> None:
-    assert latest_checkpoint(tmp_path) is None
+def test_only_complete_step_directories_are_checkpoints(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None and latest_checkpoint(tmp_path / "missing") is None
     model, trainer = make()
     trainer.step(DATA[:4], LENGTHS[:4])
     checkpointer(tmp_path, model, trainer, Box()).save(1)
-    (tmp_path / "latest").unlink()
-    assert latest_checkpoint(tmp_path) is None  # a step dir without the pointer is not trusted
-    half = tmp_path / ".tmp-step-9-abc"
+    half = tmp_path / ".tmp-step-9-abc"  # a writer killed before its rename
     half.mkdir()
-    (half / "model.safetensors").write_bytes(b"\x00" * 10)
-    assert latest_checkpoint(tmp_path) is None
+    (half / "state.json").write_text("{}")
+    (tmp_path / "step-7").mkdir()  # no state file: not written by save_checkpoint
+    (tmp_path / "step-x").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-1"
     trainer.step(DATA[:4], LENGTHS[:4])
     checkpointer(tmp_path, model, trainer, Box()).save(2)
     assert latest_checkpoint(tmp_path) == tmp_path / "step-2" and not half.exists()
 
 
-def test_bad_pointers_and_bad_extra_are_rejected(tmp_path: Path) -> None:
-    (tmp_path / "latest").write_text("../../etc\n")
-    with pytest.raises(ValueError, match="step-<n>"):
-        latest_checkpoint(tmp_path)
-    (tmp_path / "latest").write_text("step-5\n")
-    with pytest.raises(FileNotFoundError):
-        latest_checkpoint(tmp_path)
+def test_unserializable_parts_leave_nothing_behind(tmp_path: Path) -> None:
     model, trainer = make()
     with pytest.raises(TypeError, match="JSON-serializable"):
         Checkpointer(tmp_path, model, {"sampler": Box(object())}).save(1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]  # nothing half-written left behind
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("damage", ["state.json", "state.safetensors", "model.safetensors"])
+def test_a_damaged_checkpoint_is_named_with_the_fix(tmp_path: Path, damage: str) -> None:
+    model, trainer = make()
+    path = checkpointer(tmp_path, model, trainer, Box(1)).save(1)
+    data = (path / damage).read_bytes()
+    (path / damage).write_bytes(data[: len(data) // 2])  # truncated, as by a full disk or a bad copy
+    with pytest.raises(ValueError, match=rf"{path} is damaged .*{damage}.*Fix: delete"):
+        checkpointer(tmp_path, *make(), Box()).load()
 
 
 def test_a_checkpoint_resumes_only_with_the_world_size_that_wrote_it(tmp_path: Path) -> None:
     model, trainer = make()
-    save_checkpoint(
-        tmp_path, 3, model, {"trainer": trainer.state_dict()}, ranks=[{"box": {"value": r}} for r in (0, 1)]
-    )
+    ranks = [{"box": {"value": r}} for r in (0, 1)]
+    save_checkpoint(tmp_path, 3, model, {"trainer": trainer.state_dict()}, ranks)
     with pytest.raises(ValueError, match="written by 2 process"):
         checkpointer(tmp_path, *make(), Box()).load()
     state = json.loads((tmp_path / "step-3" / "state.json").read_text())

@@ -375,3 +375,46 @@ def test_parquet_string_flavours_are_accepted(tmp_path, column):
     contents = read(tmp_path)
     assert contents.ok, contents.error_message()
     assert [d.text for d in contents.documents] == column.to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("d1", True),
+        ("a.b", True),
+        ("x.lock.y", True),
+        ("x.Lock", True),  # Lance matches '.lock' case-sensitively
+        ("a" * 128, True),
+        ("a..b", False),
+        ("x.", False),
+        ("x.lock", False),
+        ("x\n", False),
+        (".x", False),
+        ("-x", False),
+        ("a" * 129, False),
+        ("a/b", False),
+        ("", False),
+    ],
+)
+def test_drop_id_rule_matches_what_lance_tags_accept(name, ok):
+    from components.core.ids import drop_id_problem, is_drop_id
+
+    assert is_drop_id(name) is ok
+    assert (drop_id_problem(name) is None) is ok
+    contents = read_drop(DictSource({"ok.txt": b"x"}), name, LIMIT)
+    assert bool(contents.issues) is not ok
+
+
+def test_drop_ids_that_pass_are_accepted_by_a_real_lance_table(tmp_path):
+    import lancedb
+
+    from components.core.ids import is_drop_id
+
+    table = lancedb.connect(tmp_path).create_table("t", data=pa.table({"a": [1]}))
+    for name in ("a.b", "x.lock.y", "x.Lock", "a_b-c", "a" * 128):
+        assert is_drop_id(name)
+        table.tags.create(f"drop-{name}", 1)
+    for name in ("a..b", "x.", "x.lock", "x\n"):
+        assert not is_drop_id(name)
+        with pytest.raises(Exception, match="Ref"):
+            table.tags.create(f"drop-{name}", 1)

@@ -129,3 +129,23 @@ def test_manual_override_keeps_what_the_gate_said():
     assert forced.reasons[0] == "manual override: hotfix approved by on-call (the gate said reject)"
     assert forced.reasons[1:] == rejected.reasons and forced.rows == rejected.rows
     assert override(None, "").reasons == ["manual override: no note given (no gate decision was recorded)"]
+
+
+DIVERGED = [
+    # id, candidate (with nonfinite counts and the uniform-guess loss), champion, words in a failing reason
+    ("nonfinite-sequences", Candidate("d3", {"d1": 2.0, "d3": 3.0}, {}, {"d1": 3}), None, "3 held-out sequence(s)"),
+    ("above-uniform-no-champion", Candidate("d3", {"d1": 5.5e6, "d3": 3.0}, {}, {}, math.log(256)), None, "d1 is"),
+    ("above-uniform-vs-champion", Candidate("d3", {"d1": 2.0, "d2": 3.0, "d3": 6.0}, BEST, {}, 5.0), CHAMP, "d3"),
+]
+
+
+@pytest.mark.parametrize(("candidate", "champ", "why"), [c[1:] for c in DIVERGED], ids=[c[0] for c in DIVERGED])
+def test_a_diverged_candidate_is_rejected_with_or_without_a_champion(candidate, champ, why):
+    decision = decide(candidate, Champion("1", champ) if champ else None, LIMITS)
+    assert not decision.promote
+    assert any("diverged" in r and why in r for r in decision.reasons), decision.reasons
+
+
+def test_losses_below_the_uniform_guess_are_not_divergence():
+    ok = Candidate("d3", {"d1": 2.0, "d3": 3.0}, {}, {"d1": 0}, math.log(256))
+    assert decide(ok, None, LIMITS).promote

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -126,6 +127,29 @@ def test_kubernetes_manifests_are_well_formed():
     assert any("jobs" in r["resources"] and "create" in r["verbs"] for r in rules)
 
 
+def test_every_mlflow_server_runs_without_the_job_runner(compose, monkeypatch):
+    """MLflow 3.x's job runner and its seven huey consumers (~1.8 GB) serve GenAI jobs amr never submits."""
+    off = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    assert off.items() <= compose["services"]["mlflow"]["environment"].items()
+    container = next(d for d in k8s_documents() if d["metadata"]["name"] == "mlflow" and d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in container["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert off.items() <= env.items()
+    spec = importlib.util.spec_from_file_location("amr_stack", INFRA / "stack.py")
+    stack = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "amr_stack", stack)  # its dataclass looks its module up there
+    spec.loader.exec_module(stack)
+    assert off.items() <= stack.Stack(Path("/nonexistent"), 1, 2, 3).services()["mlflow"][1].items()
+
+
+def test_the_mlflow_server_fixture_is_one_worker_and_nothing_else(mlflow_server):
+    import psutil
+
+    server = psutil.Process(mlflow_server.pid)
+    children = server.children(recursive=True)
+    assert len(children) == 1 and "uvicorn" in children[0].cmdline(), [c.cmdline()[:4] for c in children]
+    assert sum(p.memory_info().rss for p in [server, *children]) < 1024**3
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kubectl_renders_and_decodes_the_manifests_offline():
     """`kubectl create --dry-run=client` needs an API server for discovery; kustomize and `label --local` do not."""
@@ -192,6 +216,10 @@ def test_make_stack_starts_answers_health_checks_and_stops(tmp_path):
         buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
         assert {"amr-memory", "amr-mlflow"} <= buckets
         pids += [json.loads(p.read_text())["pid"] for p in pid_files]
+        import psutil
+
+        mlflow = psutil.Process(pids[1]).children(recursive=True)  # its uvicorn worker, no job runner or consumers
+        assert len(mlflow) == 1, [p.cmdline()[:4] for p in mlflow]
         status = subprocess.run([sys.executable, "infra/stack.py", "status"], cwd=ROOT, env=env, capture_output=True)
         assert status.returncode == 0
     finally:

@@ -169,3 +169,34 @@ def test_parquet_and_text_documents_are_counted(tmp_path, cfg):
     result = ingest_source(cfg, str(root), show_progress=False)[0]
     assert result.status == "ingested" and result.record.documents == 5
     assert json.loads(json.dumps(result.to_dict()))["sequences"] == result.record.sequences
+
+
+BAD_IDS = [
+    ("a..b", "'..'"),
+    ("x.", "ends in '.'"),
+    ("x.lock", "ends in '.lock'"),
+    ("x\n", "'\\n'"),
+]
+
+
+@pytest.mark.parametrize("drop_id,why", BAD_IDS, ids=["dotdot", "trailing-dot", "dot-lock", "trailing-newline"])
+def test_drop_id_that_lance_tags_refuse_is_rejected_and_nothing_is_written(tmp_path, cfg, drop_id, why):
+    """Lance refuses these tag names; before, the rows went in, tagging failed and each ingest left an orphan."""
+    root = tmp_path / "drops"
+    make_drop(root, "a-good", {"g.jsonl": jsonl(python_docs(6))})
+    assert ingest_source(cfg, str(root), show_progress=False)[0].status == "ingested"
+    before = snapshot(Memory.open(cfg))
+    make_drop(root, drop_id, {"g.jsonl": jsonl(python_docs(6, offset=20))})
+    make_drop(root, "z-good", {"g.jsonl": jsonl(python_docs(6, offset=40))})
+    for _ in range(2):  # a second ingest must not leave an orphan version either
+        results = {r.drop_id: r for r in ingest_source(cfg, str(root), show_progress=False)}
+        bad = results[drop_id]
+        assert bad.status == "rejected" and exit_code(list(results.values())) == 2
+        assert (
+            f"invalid drop id {drop_id!r}" in bad.message and why in bad.message and "Fix: name the drop" in bad.message
+        )
+        assert results["z-good"].status in ("ingested", "present")
+    memory = Memory.open(cfg)
+    assert memory.record(drop_id) is None and memory.ingested() == ["a-good", "z-good"]
+    assert len(memory.versions()) == before["lance_versions"] + 1  # z-good's commit, nothing else
+    assert not any(drop_id in t for v in memory.versions() for t in v["tags"])

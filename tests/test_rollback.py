@@ -196,7 +196,7 @@ def test_rollback_rewinds_the_line_and_the_next_run_records_it(tmp_path, monkeyp
         line = Line(cfg.home)
         run_id = open_run(cfg, line, name)
         train_step(cfg, line, name, run_id)
-        register_step(cfg, line, run_id)
+        register_step(cfg, line, name, run_id)
     line = Line(cfg.home)
     assert sorted(p.name for p in (line.root / "models").iterdir()) == ["d2-licenses", "d3-docs"]  # d1 pruned
 

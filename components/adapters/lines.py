@@ -3,7 +3,8 @@
 `$AMR_HOME/lines/<name>/` holds
   state.json        the commit point (`LineState`): drops trained (in order), memory version of each, the current
                     model directory, the sampler state carried to the next refresh, the arms' reference losses,
-                    the loss matrix, a history row per drop, and a pending data-rollback note
+                    the loss matrix, a history row per drop, each drop's refresh phase (`DropProgress`), and a
+                    pending data-rollback note
   states/<drop>.json  the state before <drop> was trained (what `rewind` and `amr rollback` restore)
   models/<drop>/    the weights after training <drop> (safetensors + config.json); the newest two are kept
   checkpoints/<drop>/  in-progress checkpoints of the drop being trained (removed once it is committed)
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,6 +41,25 @@ class LineStateError(ValueError):
     """A line's state file cannot be read or does not hold a valid state; nothing was changed."""
 
 
+PHASES = ("planned", "run_opened", "trained", "evaluated", "registered", "gated")
+Phase = Literal["planned", "run_opened", "trained", "evaluated", "registered", "gated"]
+
+
+class DropProgress(BaseModel):
+    """Where one drop's refresh stands: each phase is saved before the next starts, so a rerun resumes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase = "planned"
+    run_id: str | None = Field(None, description="the drop's MLflow run, reused by every attempt")
+    version: str | None = Field(None, description="the registered model version of the drop's model")
+    decision: Literal["promoted", "rejected"] | None = Field(None, description="what the gate decided")
+    healthy: bool | None = Field(None, description="every held-out loss finite and below the uniform-guess loss")
+
+    def reached(self, phase: Phase) -> bool:
+        return PHASES.index(self.phase) >= PHASES.index(phase)
+
+
 class LineState(BaseModel):
     """What `state.json` holds; every field is checked on load."""
 
@@ -53,6 +73,7 @@ class LineState(BaseModel):
     history: list[dict[str, Any]] = Field(default_factory=list, description="training record per drop")
     loss_matrix: dict[str, Any] | None = Field(None, description="L[t][j], as LossMatrix.to_dict() writes it")
     rolled_back_to: str | None = Field(None, description="data rollback not yet recorded on an MLflow run")
+    progress: dict[str, DropProgress] = Field(default_factory=dict, description="each drop's refresh phase")
 
     @field_validator("trained")
     @classmethod
@@ -84,7 +105,14 @@ class LineState(BaseModel):
             raise ValueError(f"versions has drops {sorted(self.versions)} but trained lists {self.trained}")
         if self.model is not None and self.model.removeprefix("models/") not in self.trained:
             raise ValueError(f"model {self.model!r} is of a drop the line has not trained")
+        behind = [d for d in self.trained if d in self.progress and not self.progress[d].reached("trained")]
+        if behind:
+            raise ValueError(f"progress of {behind} is before `trained`, but trained lists them")
         return self
+
+    def only_trained_progress(self) -> LineState:
+        """This state without the progress of drops it has not trained (what a rewound line restarts cleanly)."""
+        return self.model_copy(update={"progress": {d: p for d, p in self.progress.items() if d in self.trained}})
 
     @classmethod
     def load(cls, path: Path) -> LineState:
@@ -144,9 +172,30 @@ class Line:
         self.state = self._read()
 
     def snapshot_before(self, drop_id: str) -> LineState | None:
-        """The state saved just before `drop_id` was trained, if it is still on disk."""
+        """The state saved just before `drop_id` was trained, if it is still on disk (without the progress of
+        `drop_id` itself, so the drop restarts from `planned` with a new run when it is trained again)."""
         path = self.root / "states" / f"{drop_id}.json"
-        return LineState.load(path) if path.exists() else None
+        return LineState.load(path).only_trained_progress() if path.exists() else None
+
+    # ---- the refresh state machine of each drop (components.refresh.steps) ---------------------------------------
+
+    def progress(self, drop_id: str) -> DropProgress:
+        return self.state.progress.get(drop_id) or DropProgress()
+
+    def in_flight(self) -> list[str]:
+        """Drops whose refresh started and did not reach `gated`, oldest first (the next refresh finishes them)."""
+        return [d for d, p in self.state.progress.items() if p.phase != "gated"]
+
+    def advance(self, drop_id: str, phase: Phase, **fields: Any) -> DropProgress:
+        """Record that `drop_id` reached `phase` (with its run id, version, decision...), durably, at once.
+
+        Never moves a drop backwards: recording a phase it has passed only fills in the fields."""
+        current = self.progress(drop_id)
+        target = phase if not current.reached(phase) else current.phase
+        updated = DropProgress.model_validate(current.model_dump() | fields | {"phase": target})
+        self.state.progress = {**self.state.progress, drop_id: updated}
+        self.save()
+        return updated
 
     def commit_training(
         self,
@@ -166,17 +215,47 @@ class Line:
             shutil.rmtree(final)
         tmp.replace(final)
         state = self.state.model_copy(deep=True)
+        state.progress[drop_id] = self.progress(drop_id).model_copy(update={"phase": "trained"})
         state.trained.append(drop_id)
         state.versions[drop_id] = version
         state.model = final.relative_to(self.root).as_posix()
         if sampler_state is not None:
             state.sampler = dict(sampler_state)
         state.history.append(dict(record))
+        previous = self.state.model
         self.state = LineState.model_validate(state.model_dump())
         self.save()
         shutil.rmtree(self.checkpoints(drop_id), ignore_errors=True)
         for old in self.state.trained[:-KEEP_MODELS]:
-            shutil.rmtree(self.root / "models" / old, ignore_errors=True)
+            if f"models/{old}" != previous:  # the model this one started from: a fallback if this one diverged
+                shutil.rmtree(self.root / "models" / old, ignore_errors=True)
+
+    def finish_gate(self, drop_id: str, decision: Literal["promoted", "rejected"], healthy: bool) -> None:
+        """Record the gate's decision as the drop's last phase, in one write with the model the line goes on from.
+
+        Policy: the line continues from its own latest model, promoted or not (the gate decides what is served,
+        not what the next refresh starts from), unless that model diverged (`healthy` false: a non-finite loss,
+        or one above the uniform guess). Then the line falls back to the model the drop started from (None:
+        the next drop starts from a fresh model), so one diverged run does not poison every later one."""
+        state = self.state.model_copy(deep=True)
+        state.progress[drop_id] = self.progress(drop_id).model_copy(
+            update={"phase": "gated", "decision": decision, "healthy": healthy}
+        )
+        if not healthy:
+            before = self.snapshot_before(drop_id)
+            start = before.model if before is not None else None
+            if start is not None and not (self.root / start).exists():
+                raise ValueError(f"line {self.name}: the model {drop_id} started from ({start}) is gone")
+            state.model = start
+        self.state = LineState.model_validate(state.model_dump())
+        self.save()
+
+    def trained_record(self, drop_id: str) -> dict[str, Any]:
+        """The history row `commit_training` wrote for `drop_id` (the last one, if it was trained twice)."""
+        rows = [row for row in self.state.history if row.get("drop_id") == drop_id]
+        if not rows:
+            raise ValueError(f"line {self.name} has no training record of drop {drop_id}")
+        return rows[-1]
 
     def rewind(self) -> str:
         """Undo the last trained drop (for `refresh --force`): its state before, its model gone; returns its id."""

@@ -1,6 +1,8 @@
 """Host-local exclusive locks (flock) with a bounded wait and a message naming who holds them.
 
-Used for the memory's writers (one commit at a time) and for refreshes (one refresh per AMR_HOME). A lock dies
+Used for the memory's writers (one commit at a time) and for every command that writes a model line or moves the
+registry's aliases (`refresh_lock`: refresh, train, evaluate, rollback, cleanup, promote, rollback-model; one at
+a time per AMR_HOME). A lock dies
 with its process, so a crashed holder never blocks the next one. Across hosts these do not help: several
 machines writing one S3 memory must go through one Prefect deployment with a concurrency limit of one.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +35,8 @@ def exclusive(path: Path, wait_seconds: float, busy: Callable[[str], Exception],
                 time.sleep(poll)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]]) if sys.argv and sys.argv[0] else "python"
+        handle.write(f"pid {os.getpid()} `{command}`, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         handle.flush()
         try:
             yield
@@ -43,17 +47,17 @@ def exclusive(path: Path, wait_seconds: float, busy: Callable[[str], Exception],
 
 
 class RefreshBusy(RuntimeError):
-    """Another refresh holds this AMR_HOME; refreshes never train in parallel on the same memory."""
+    """Another writer holds this AMR_HOME: two commands never write the same lines or aliases at once."""
 
 
 @contextmanager
 def refresh_lock(home: Path, wait_seconds: float = 0.0) -> Iterator[None]:
-    """One refresh (or rollback, or cleanup) at a time per AMR_HOME."""
+    """One writer at a time per AMR_HOME: refresh, train, evaluate, rollback, cleanup, promote, rollback-model."""
 
     def busy(holder: str) -> RefreshBusy:
         return RefreshBusy(
-            f"another refresh is running on {home} ({holder}); it must finish first. "
-            "Wait for it, or pass --wait SECONDS to queue behind it."
+            f"another refresh or training is writing {home} ({holder}); it must finish first. "
+            "Wait for it, or pass --wait SECONDS to `amr refresh` to queue behind it."
         )
 
     with exclusive(Path(home) / "locks" / "refresh.lock", wait_seconds, busy, poll=0.5):

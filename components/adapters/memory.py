@@ -38,9 +38,11 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
+from components.adapters import integrity
+from components.adapters import s3 as s3_io
 from components.adapters.locks import exclusive
 from components.core.config import S3Config, Settings
-from components.core.ids import is_drop_id
+from components.core.ids import FIX_DROP_ID, is_drop_id
 
 SEQUENCES = "sequences"
 DROPS = "drops"
@@ -69,7 +71,18 @@ DROPS_SCHEMA = pa.schema(
 
 
 class MemoryStoreError(RuntimeError):
-    """The memory cannot do what was asked (mismatched tokenizer, unknown version, bad drop id)."""
+    """The memory cannot do what was asked (mismatched tokenizer, unknown version, bad drop id, store down)."""
+
+
+class MemoryCorrupted(MemoryStoreError):
+    """A data file of the memory is missing, unreadable or holds values amr never writes; names the file."""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    version: int
+    rows: int
+    files: dict[str, list[str]]  # drop id -> the data files holding its rows at the memory version
 
 
 @dataclass
@@ -109,17 +122,23 @@ def sequences_schema(meta: dict[str, Any]) -> pa.Schema:
 def check_drop_id(drop_id: str) -> str:
     if not is_drop_id(drop_id):
         raise MemoryStoreError(
-            f"drop id {drop_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', starting with a letter "
-            "or digit (it becomes a LanceDB tag and a file name). Rename the drop directory."
+            f"drop id {drop_id!r} is not allowed (it becomes a LanceDB tag and a file name). Fix: {FIX_DROP_ID}."
         )
     return drop_id
 
 
 def storage_options(uri: str, s3: S3Config) -> dict[str, str] | None:
-    """Object-store options for an s3:// memory, from the same settings and AWS variables as boto3."""
+    """Object-store options for an s3:// memory, from the same settings and AWS variables as boto3.
+
+    Retries are the object store's own (lance's `client_max_retries` / `client_retry_timeout` storage options):
+    with lance's default of 3 retries a restarting endpoint failed a commit after ~0.4 s; backoff starts at 0.1 s
+    and grows slowly, so the time bound (`s3.memory_retry_timeout`) is what rides out a restart.
+    """
     if not uri.startswith("s3://"):
         return None
     opts = {"region": s3.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    opts["client_max_retries"] = str(s3.memory_max_retries)
+    opts["client_retry_timeout"] = str(s3.memory_retry_timeout)
     endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts["endpoint"] = endpoint
@@ -144,8 +163,14 @@ class Memory:
 
     @classmethod
     def open(cls, settings: Settings) -> Memory:
+        """Open the memory; an S3 memory's endpoint and bucket are checked first, so failing is one clear line."""
         uri = settings.memory_uri
-        return cls(uri, settings.home / "locks", storage_options(uri, settings.s3))
+        if uri.startswith("s3://"):
+            s3_io.check_bucket(s3_io.split_s3_uri(uri)[0], settings.s3)  # raises S3Unavailable
+        try:
+            return cls(uri, settings.home / "locks", storage_options(uri, settings.s3))
+        except (OSError, RuntimeError, ValueError) as exc:  # LanceDB's errors: ValueError, RuntimeError, OSError
+            raise MemoryStoreError(f"cannot open the memory at {uri}: {integrity.short_error(exc)}") from None
 
     # ---- reading -------------------------------------------------------------------------------------------
 
@@ -252,6 +277,28 @@ class Memory:
             }
             for v in table.list_versions()
         ]
+
+    def verify(self) -> VerifyReport:
+        """Read every row of the memory version and of the drop log; raise MemoryCorrupted naming the bad file.
+
+        See components.adapters.integrity for what is checked (Lance data files carry no checksums, so bytes that
+        still decode are judged by their values and by each live drop's recorded row count).
+        """
+        try:
+            if self._has(DROPS):
+                integrity.read_all(self.db.open_table(DROPS).to_lance())
+            version = self.version
+            if version == 0:
+                return VerifyReport(0, 0, {})
+            live = self.live()
+            rows = integrity.check_sequences(self.table(version).to_lance(), self.meta() or {}, live)
+        except integrity.CorruptData as exc:
+            raise MemoryCorrupted(f"{exc}. Fix: {integrity.FIX_CORRUPT}.") from None
+        except MemoryStoreError:
+            raise
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. a version's manifest file is gone
+            raise MemoryCorrupted(f"{self.uri}: {integrity.short_error(exc)}. Fix: {integrity.FIX_CORRUPT}.") from None
+        return VerifyReport(version, sum(n for n, _ in rows.values()), {d: files for d, (_, files) in rows.items()})
 
     # ---- writing -------------------------------------------------------------------------------------------
 

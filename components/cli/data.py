@@ -57,16 +57,50 @@ def memory_json(cfg: Settings, source: str | None) -> dict:
     return {"version": memory.version, "drops": drops}
 
 
+def verify_memory(cfg: Settings, lock_path: Path) -> str:
+    """Memory.verify, then each drop's rows against the lock file's row hashes when it pins this memory version."""
+    from components.adapters.integrity import FIX_CORRUPT
+    from components.adapters.manifest import drop_digests
+    from components.adapters.memory import Memory, MemoryCorrupted
+
+    memory = Memory.open(cfg)
+    report = memory.verify()
+    summary = f"{memory.uri}: memory version {report.version} healthy, {len(report.files)} drops, {report.rows} rows"
+    lock = json.loads(lock_path.read_text(encoding="utf-8")) if lock_path.is_file() else None
+    if lock is None or lock.get("memory_version") != report.version:
+        return summary + (f" ({lock_path} pins another version: rows not compared)" if lock else "")
+    digests = drop_digests(memory, report.version)
+    bad = sorted(d["drop_id"] for d in lock["drops"] if digests.get(d["drop_id"], (0, ""))[1] != d["rows_hash"])
+    if bad:
+        files = ", ".join(sorted({f for d in bad for f in report.files.get(d, [])})) or memory.uri
+        raise MemoryCorrupted(f"{files}: the rows of {bad} differ from {lock_path}. Fix: {FIX_CORRUPT}.")
+    return summary + f", rows match {lock_path}"
+
+
 @memory_app.callback()
 def memory(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     source: str | None = typer.Option(None, "--source", help="Also list this source's drops not ingested yet."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Read every data file of the memory version; exit 1 naming a missing or damaged one."
+    ),
+    lock: Path = typer.Option(
+        Path("memory.lock.json"), "--lock", help="With --verify: also compare rows with this lock file's hashes."
+    ),
 ) -> None:
-    """Show the memory version and every drop."""
+    """Show the memory version and every drop (or, with --verify, check that every data file reads back)."""
     if ctx.invoked_subcommand:
         return
-    data = memory_json(settings(ctx), source)
+    from components.adapters.memory import MemoryStoreError
+    from components.adapters.s3 import S3Unavailable
+
+    cfg = settings(ctx)
+    with exits_on(MemoryStoreError, S3Unavailable, OSError, ValueError):
+        if verify:
+            out.print(verify_memory(cfg, lock), highlight=False)
+            return
+        data = memory_json(cfg, source)
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -91,9 +125,12 @@ def memory(
 @memory_app.command("versions")
 def memory_versions(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the memory's LanceDB versions and their tags."""
-    from components.adapters.memory import Memory
+    from components.adapters.memory import Memory, MemoryStoreError
+    from components.adapters.s3 import S3Unavailable
 
-    versions = Memory.open(settings(ctx)).versions()
+    cfg = settings(ctx)
+    with exits_on(MemoryStoreError, S3Unavailable):
+        versions = Memory.open(cfg).versions()
     if as_json:
         print(json.dumps(versions, indent=2))
         return
@@ -113,9 +150,10 @@ def memory_lock(
     """Write the memory's lock file: version, live drops and the content hash of every row (DVC ingest stage)."""
     from components.adapters.manifest import ManifestError, write_manifest
     from components.adapters.memory import Memory, MemoryStoreError
+    from components.adapters.s3 import S3Unavailable
 
     cfg = settings(ctx)
-    with exits_on(MemoryStoreError, ManifestError):
+    with exits_on(MemoryStoreError, ManifestError, S3Unavailable):
         lock = write_manifest(Memory.open(cfg), out_file)
     out.print(
         f"{out_file}: memory version {lock['memory_version']}, {len(lock['drops'])} drops, {lock['rows']} rows, "

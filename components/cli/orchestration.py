@@ -42,11 +42,18 @@ def _number(value: float | None) -> str:
 def _run_refresh(
     ctx: typer.Context, source: str, force: bool, line: str, strategy: str | None, wait: float
 ) -> list[DropReport]:
+    """The refresh flow, with Prefect's and MLflow's INFO lines in $AMR_HOME/logs/refresh.log (components/cli/logs)
+    and, without PREFECT_API_URL, a temporary Prefect server that dies with this process (components/cli/ephemeral)."""
+    from components.cli.ephemeral import ServerStartError, temporary_server
+    from components.cli.logs import library_logs_to, refresh_log
     from flows.refresh import refresh as refresh_flow
 
-    open_line(settings(ctx), line)  # fail fast on a bad configuration or a corrupted line state: nothing is run
+    cfg = settings(ctx)
+    open_line(cfg, line)  # fail fast on a bad configuration or a corrupted line state: nothing is run
+    log = library_logs_to(refresh_log(cfg.home))
+    out.print(f"[dim]Prefect's and MLflow's log lines go to {log}[/dim]", highlight=False)
     params = ctx.find_root().obj
-    with exits_on():  # only a busy refresh lock is expected here: exit 3
+    with exits_on(ServerStartError), temporary_server():  # a busy refresh lock exits 3, a dead server 1
         return refresh_flow(
             source=source,
             params=str(params) if params else None,
@@ -99,11 +106,12 @@ def promote(
 ) -> None:
     """Manual override: make VERSION the champion, whatever the gate said (recorded as manual)."""
     from components.adapters import registry
+    from components.adapters.locks import refresh_lock
     from components.evaluation.gate import override
 
     cfg = settings(ctx)
     registry.configure(cfg)
-    with exits_on(registry.RegistryError, registry.MlflowException):
+    with exits_on(registry.RegistryError, registry.MlflowException), refresh_lock(cfg.home):
         mv = registry.set_champion(
             registry.client(),
             cfg.mlflow.registered_model,
@@ -118,10 +126,11 @@ def promote(
 def rollback_model(ctx: typer.Context) -> None:
     """Move `champion` back to the `previous` version."""
     from components.adapters import registry
+    from components.adapters.locks import refresh_lock
 
     cfg = settings(ctx)
     registry.configure(cfg)
-    with exits_on(registry.RegistryError, registry.MlflowException):
+    with exits_on(registry.RegistryError, registry.MlflowException), refresh_lock(cfg.home):
         mv = registry.rollback_champion(registry.client(), cfg.mlflow.registered_model)
     out.print(f"{cfg.mlflow.registered_model}: champion is back to version {mv.version}")
 
@@ -133,6 +142,7 @@ def demo(
 ) -> None:
     """Build demo drops from real text on this machine and run the full refresh over them."""
     from components.adapters.registry import configure
+    from components.cli.logs import refresh_log
     from components.ingest.demo import build_demo_drops
 
     cfg = settings(ctx)
@@ -165,6 +175,7 @@ def demo(
         highlight=False,
     )
     out.print("Memory:  amr memory   |   amr memory versions   |   amr evaluate", highlight=False)
+    out.print(f"Logs:    {refresh_log(cfg.home)}   (Prefect's and MLflow's log lines)", highlight=False)
 
 
 # ---- data versioning: lock file, rollback, retention, DVC stage outputs --------------------------------------

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from components.cli.base import app, bench_app, err, exits_on, open_line, out, settings
+from components.core.config import Settings
 
 
 def _train_progress(enabled: bool):
@@ -35,11 +36,18 @@ def train(
     ),
 ) -> None:
     """Train the line's model on the next (or given) ingested drop with replay, then evaluate it."""
+    from components.adapters.locks import refresh_lock
+
+    cfg = settings(ctx, **{"replay.strategy": strategy, "train.nproc": nproc})
+    with exits_on(), refresh_lock(cfg.home):  # one writer of the home's lines at a time; busy: exit 3
+        _train(cfg, line_name, drop)
+
+
+def _train(cfg: Settings, line_name: str, drop: str | None) -> None:
     from components.adapters.memory import Memory
     from components.evaluation import evaluate_line
     from components.training.loop import train_drop
 
-    cfg = settings(ctx, **{"replay.strategy": strategy, "train.nproc": nproc})
     line = open_line(cfg, line_name)
     memory = Memory.open(cfg)
     todo = [d for d in memory.ingested() if d not in line.trained]
@@ -91,13 +99,13 @@ def evaluate(
     """Held-out loss of every trained drop: the loss matrix and the forgetting table."""
     from dataclasses import asdict
 
+    from components.adapters.locks import refresh_lock
     from components.adapters.memory import Memory
     from components.evaluation import evaluate_line
 
     cfg = settings(ctx)
-    line = open_line(cfg, line_name)
-    with exits_on(ValueError):
-        ev = evaluate_line(cfg, Memory.open(cfg), line)
+    with exits_on(ValueError), refresh_lock(cfg.home):  # it writes the line's matrix: one writer at a time
+        ev = evaluate_line(cfg, Memory.open(cfg), open_line(cfg, line_name))
     if as_json:
         print(
             json.dumps(

@@ -48,11 +48,29 @@ class IngestConfig(Section):
 
 class MemoryConfig(Section):
     uri: str = Field("", description="LanceDB location: a directory or s3://bucket/prefix. Empty: $AMR_HOME/memory.")
+    verify_on_refresh: bool = Field(
+        True,
+        description="Read and check every row (`amr memory --verify`) before a refresh trains. It reads the whole "
+        "memory once per refresh: at many GB, turn it off and run `amr memory --verify` on a schedule instead.",
+    )
 
 
 class S3Config(Section):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); else AWS_ENDPOINT_URL.")
     region: str | None = Field(None, description="Region; else AWS_REGION / AWS_DEFAULT_REGION, then us-east-1.")
+    # Retries ride out an endpoint that restarts for some seconds. The defaults cover ~10 s: boto3's jittered
+    # exponential backoff (up to 20 s a wait) needs ~10 attempts to be sure to; LanceDB's object store starts at
+    # 0.1 s and grows slowly, so it is bounded by time, with many retries allowed inside that time.
+    retry_mode: Literal["standard", "adaptive"] = Field(
+        "standard", description="boto3 retry mode (drops and preflight checks); 'adaptive' also rate-limits itself."
+    )
+    max_attempts: int = Field(10, ge=1, le=50, description="boto3 attempts per request, the first one included.")
+    memory_max_retries: int = Field(
+        30, ge=0, le=1000, description="LanceDB object-store retries per request (storage option client_max_retries)."
+    )
+    memory_retry_timeout: int = Field(
+        20, ge=1, le=3600, description="Seconds LanceDB keeps retrying one request (client_retry_timeout)."
+    )
 
 
 class ReplayConfig(Section):

@@ -14,7 +14,8 @@ Losses are token-weighted means in nats/token (every predicted token counts once
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,25 @@ FETCH_ROWS = 1024
 
 @dataclass
 class Evaluation:
-    drop_losses: dict[str, float]  # held-out loss per drop
+    drop_losses: dict[str, float]  # held-out loss per drop; inf or NaN when any of its sequences' loss is
     arm_reference: dict[str, float]  # "drop/cluster" and "drop" -> train-probe loss
     matrix: LossMatrix
     forgetting: Forgetting
     artifacts: dict[str, Path]
+    nonfinite: dict[str, int] = field(default_factory=dict)  # held-out sequences with a non-finite loss, per drop
+    uniform_loss: float = math.inf  # ln(vocabulary size): the loss of guessing every token uniformly
+
+    @property
+    def healthy(self) -> bool:
+        """Every held-out loss is finite and below the uniform guess; a model that fails this has diverged."""
+        return all(math.isfinite(v) and v <= self.uniform_loss for v in self.drop_losses.values())
+
+
+@dataclass
+class Measured:
+    losses: dict[str, float]  # held-out loss per drop
+    reference: dict[str, float]  # train-probe loss per arm and per drop
+    nonfinite: dict[str, int]  # held-out sequences with a non-finite loss, per drop
 
 
 def _losses(model, memory: Memory, version: int, rows: pa.Table, settings: Settings) -> np.ndarray:
@@ -51,11 +66,15 @@ def _losses(model, memory: Memory, version: int, rows: pa.Table, settings: Setti
     return out
 
 
-def _weighted_means(keys: list[str], losses: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
-    """Token-weighted mean loss per key (a sequence of length n predicts n - 1 tokens)."""
+def _weighted_means(keys: list[str], losses: np.ndarray, lengths: np.ndarray, strict: bool) -> dict[str, float]:
+    """Token-weighted mean loss per key (a sequence of length n predicts n - 1 tokens).
+
+    `strict`: a non-finite sequence loss makes its key's mean non-finite (held-out losses: a model that produces
+    inf or NaN on some sequences must not get a finite loss and pass the gate). Otherwise such sequences are
+    skipped (the arms' reference losses, where a missing value falls back to the drop's)."""
     weights = np.maximum(lengths.astype(np.float64) - 1, 0)
     keys_arr = np.asarray(keys, dtype=object)
-    ok = np.isfinite(losses) & (weights > 0)
+    ok = (weights > 0) if strict else np.isfinite(losses) & (weights > 0)
     out = {}
     for key in dict.fromkeys(keys):
         sel = ok & (keys_arr == key)
@@ -84,26 +103,26 @@ def _probe(index: pa.Table, drops: list[str], per_arm: int, seed: int) -> pa.Tab
     return train.take(pa.array(np.sort(order[rank < per_arm])))
 
 
-def measure(model, memory: Memory, version: int, drops: list[str], settings: Settings):
-    """Held-out loss per drop, and the train-probe reference loss per arm ("drop/cluster" and "drop")."""
+def measure(model, memory: Memory, version: int, drops: list[str], settings: Settings) -> Measured:
+    """Held-out loss per drop, the train-probe reference loss per arm ("drop/cluster" and "drop"), and how many
+    held-out sequences per drop got a non-finite loss."""
     cfg = settings.evaluate
     index = memory.index(version, columns=("drop_id", "split", "cluster", "position", "length"))
     holdout = _select(index, drops, "holdout")
     if cfg.max_sequences_per_drop is not None:
         holdout = holdout.filter(pc.less(holdout["position"], cfg.max_sequences_per_drop))
-    held = _weighted_means(
-        holdout.column("drop_id").to_pylist(),
-        _losses(model, memory, version, holdout, settings),
-        holdout.column("length").to_numpy(),
-    )
+    held_drops, held_losses = holdout.column("drop_id").to_pylist(), _losses(model, memory, version, holdout, settings)
+    held = _weighted_means(held_drops, held_losses, holdout.column("length").to_numpy(), strict=True)
+    bad = np.asarray(held_drops, dtype=object)[~np.isfinite(held_losses) & (holdout.column("length").to_numpy() > 1)]
+    nonfinite = {d: int(np.sum(bad == d)) for d in drops if np.any(bad == d)}
     probe = _probe(index, drops, cfg.reference_sequences_per_arm, settings.replay.seed)
     probe_losses, probe_lengths = _losses(model, memory, version, probe, settings), probe.column("length").to_numpy()
     drop_ids = probe.column("drop_id").to_pylist()
     arms = [f"{d}/{c}" for d, c in zip(drop_ids, probe.column("cluster").to_pylist(), strict=True)]
-    reference = _weighted_means(arms, probe_losses, probe_lengths) | _weighted_means(
-        drop_ids, probe_losses, probe_lengths
+    reference = _weighted_means(arms, probe_losses, probe_lengths, strict=False) | _weighted_means(
+        drop_ids, probe_losses, probe_lengths, strict=False
     )
-    return {d: held.get(d, float("nan")) for d in drops}, reference
+    return Measured({d: held.get(d, float("nan")) for d in drops}, reference, nonfinite)
 
 
 def evaluate_line(settings: Settings, memory: Memory, line: Line, model=None) -> Evaluation:
@@ -111,7 +130,8 @@ def evaluate_line(settings: Settings, memory: Memory, line: Line, model=None) ->
     if not line.trained:
         raise ValueError(f"line {line.name} has not trained on any drop yet: run `amr train` first")
     model = model if model is not None else load_model(line.model_dir)
-    drop_losses, reference = measure(model, memory, memory.version, line.trained, settings)
+    measured = measure(model, memory, memory.version, line.trained, settings)
+    drop_losses, reference = measured.losses, measured.reference
     matrix = line.matrix
     label = line.trained[-1]
     if label in matrix.rows:  # re-evaluating the same model replaces its row
@@ -120,4 +140,5 @@ def evaluate_line(settings: Settings, memory: Memory, line: Line, model=None) ->
     matrix.add_row(label, drop_losses)
     line.commit_evaluation(matrix, reference)
     artifacts = write_matrix_artifacts(matrix, line.root / "eval")
-    return Evaluation(drop_losses, reference, matrix, forgetting(matrix), artifacts)
+    uniform = math.log(memory.meta()["vocab_size"])
+    return Evaluation(drop_losses, reference, matrix, forgetting(matrix), artifacts, measured.nonfinite, uniform)

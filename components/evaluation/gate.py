@@ -29,6 +29,8 @@ class Candidate:
     new_drop: str
     losses: Mapping[str, float]  # held-out loss per drop: every drop trained so far, new_drop included
     best_ever: Mapping[str, float] = field(default_factory=dict)  # min over the line's history, per past drop
+    nonfinite: Mapping[str, int] = field(default_factory=dict)  # held-out sequences with inf/NaN loss, per drop
+    uniform_loss: float = math.inf  # ln(vocabulary): a loss above it is worse than guessing, the model diverged
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,31 @@ def decide(candidate: Candidate, champion: Champion | None, thresholds: GateConf
         return Decision(False, [f"reject: gate threshold(s) {', '.join(bad_limits)} are NaN"], [])
     if not candidate.losses:
         return Decision(False, ["reject: the candidate has no held-out loss at all"], [])
+    diverged = _diverged(candidate)
+    if diverged:
+        return Decision(False, diverged, [])
     if champion is None:
         return _first_champion(candidate)
     return _against_champion(candidate, champion, thresholds)
+
+
+def _diverged(candidate: Candidate) -> list[str]:
+    """Reasons why the candidate diverged: sequences with a non-finite loss, or a loss above the uniform guess.
+
+    Checked before anything else, with or without a champion: the first-champion rule (finite losses) would
+    otherwise promote a model whose losses are finite but huge."""
+    reasons = [
+        f"reject: {n} held-out sequence(s) of drop {drop} have a non-finite loss (the model diverged)"
+        for drop, n in candidate.nonfinite.items()
+        if n
+    ]
+    reasons += [
+        f"reject: the loss of drop {drop} is {loss:.4g}, above {candidate.uniform_loss:.4g} = ln(vocabulary), the "
+        "loss of guessing every token uniformly (the model diverged)"
+        for drop, loss in candidate.losses.items()
+        if isinstance(loss, int | float) and math.isfinite(loss) and loss > candidate.uniform_loss
+    ]
+    return reasons
 
 
 def override(decision: Decision | None, note: str) -> Decision:

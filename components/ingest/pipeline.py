@@ -21,12 +21,14 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from components.adapters.memory import DropRecord, Memory, MemoryStoreError, check_drop_id, sequences_schema
+from components.adapters.integrity import short_error
+from components.adapters.memory import DropRecord, Memory, sequences_schema
 from components.core.config import Settings
+from components.core.ids import is_drop_id
 from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_and_pack
 from components.core.text import Tokenizer, load_tokenizer
 from components.ingest.clustering import assign_clusters
-from components.ingest.drops import DropContents, DropRef, DropSource, open_source, read_drop
+from components.ingest.drops import DropContents, DropRef, DropSource, invalid_id_issue, open_source, read_drop
 
 BATCH_ROWS = 4096
 TOKENIZE_CHUNK = 256
@@ -213,15 +215,13 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
             if not ref.ready:
                 results.append(IngestResult(ref.drop_id, "pending", f"{ref.location} has no _READY marker yet"))
                 continue
-            try:
-                check_drop_id(ref.drop_id)
-            except MemoryStoreError as exc:  # not recordable under that name: rejected, nothing written
-                results.append(IngestResult(ref.drop_id, "rejected", str(exc)))
+            if not is_drop_id(ref.drop_id):  # LanceDB would refuse its tag: rejected, nothing read or written
+                results.append(IngestResult(ref.drop_id, "rejected", str(invalid_id_issue(ref.drop_id))))
                 continue
             try:
                 results.append(ingest_drop(memory, source, ref, settings, tokenizer, bars))
             except Exception as exc:  # one broken drop must not stop the others; the CLI exits 1
-                results.append(IngestResult(ref.drop_id, "failed", f"{type(exc).__name__}: {exc}"))
+                results.append(IngestResult(ref.drop_id, "failed", f"{type(exc).__name__}: {short_error(exc)}"))
     return results
 
 

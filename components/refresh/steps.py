@@ -5,6 +5,14 @@ input) -> train with replay, logging step metrics -> evaluate and log the loss m
 the weights as a model version -> gate against the champion and move the aliases (or not). Each step returns a
 typed value; `DropReport.build` joins them into the per-drop report the flow returns and the CLI renders.
 
+A state machine per drop (`DropProgress` in the line's state): planned -> run_opened -> trained -> evaluated ->
+registered -> gated, each phase saved before the next starts, and each step idempotent, so a rerun after a kill
+anywhere resumes the drop where it stopped: it reopens the drop's run (found by the recorded id, or by its tags if
+the kill came before the id was saved), skips a committed training, finds a version already registered from the
+run, and re-derives a gate decision from the same baseline. The run is FINISHED only once the drop is gated; an
+error marks it FAILED and an interrupt KILLED, and the rerun reopens that same run. So every drop ends with exactly
+one finished run and one model version with a decision.
+
 The line keeps training continually from its own latest model, promoted or not: the gate decides what is
 served (`@champion`), not what the next refresh starts from. Every MLflow call goes through the registry adapter,
 which re-opens the run by id, so a retried step logs into the same run.
@@ -13,6 +21,7 @@ which re-opens the run by id, so a retried step logs into the same run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +41,8 @@ from components.training.launcher import launch
 from components.training.loop import TrainResult, train_drop
 from components.training.model import load_model
 
+log = logging.getLogger(__name__)
+
 
 @contextmanager
 def refresh_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None]:
@@ -41,28 +52,54 @@ def refresh_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None
 
 
 def drops_to_train(settings: Settings, line: Line, force: bool = False) -> list[str]:
-    """Ingested drops the line has not trained on; with `force` and none new, the last drop again (rewound)."""
-    todo = [d for d in Memory.open(settings).ingested() if d not in line.trained]
+    """Drops whose refresh was interrupted (first, to finish them), then the ingested drops the line has not
+    trained on; with `force` and none of either, the last drop again (rewound)."""
+    memory = Memory.open(settings)
+    if settings.memory.verify_on_refresh:
+        memory.verify()  # corrupted or missing data files stop the refresh here, named, before any training
+    ingested = memory.ingested()
+    resume = [d for d in line.in_flight() if d in ingested]
+    todo = resume + [d for d in ingested if d not in line.trained and d not in resume]
     if not todo and force and line.trained:
         return [line.rewind()]
     return todo
 
 
 def open_run(settings: Settings, line: Line, drop_id: str) -> str:
-    """Create the drop's MLflow run with every parameter and the lineage; returns its id."""
+    """The drop's MLflow run with every parameter and the lineage (reopened if an attempt was interrupted)."""
+    registry.configure(settings)
+    recorded = line.progress(drop_id).run_id
+    if recorded and registry.reopen_run(recorded):
+        return recorded
     memory = Memory.open(settings)
-    tags = {"amr.line": line.name, "amr.drop": drop_id, "amr.refresh": str(len(line.trained) + 1)}
+    position = line.trained.index(drop_id) if drop_id in line.trained else len(line.trained)
+    tags = {"amr.line": line.name, "amr.drop": drop_id, "amr.refresh": str(position + 1)}
     if line.rollback_note:
         tags["amr.data_rollback"] = line.rollback_note
     run_id = registry.open_run(settings, f"{line.name}-{drop_id}", tags, memory.version, memory.ingested())
+    line.advance(drop_id, "run_opened", run_id=run_id)
     line.clear_rollback_note()  # recorded on the first run after the rollback (components.versioning.rollback)
     return run_id
 
 
+def fail_run(run_id: str, error: BaseException) -> None:
+    """Mark the drop's run KILLED (an interrupt) or FAILED (an error); the rerun reopens it. Never raises: the
+    original error is what the caller must see."""
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    try:
+        registry.finish_run(run_id, status)
+    except Exception as exc:  # the tracking store itself may be what failed
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, exc)
+
+
 def train_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> TrainResult:
-    """Train (resuming from the drop's checkpoint after a crash or a retry) and log the run's training record."""
+    """Train (resuming from the drop's checkpoint after a crash or a retry) and log the run's training record.
+
+    A drop whose training was committed before an interruption is not trained again: its record is logged."""
     registry.configure(settings)
-    if settings.train.nproc > 1:  # torchrun: rank 0 logs the step metrics into the same run
+    if drop_id in line.trained:
+        result = TrainResult(**line.trained_record(drop_id))
+    elif settings.train.nproc > 1:  # torchrun: rank 0 logs the step metrics into the same run
         result = launch(settings, line, drop_id, run_id=run_id)
     else:
         logger = registry.StepLogger(run_id)
@@ -90,9 +127,13 @@ def train_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> Tra
     return result
 
 
-def evaluate_step(settings: Settings, line: Line, run_id: str) -> Evaluation:
+def evaluate_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> Evaluation:
+    """Held-out losses of every drop the line trained (recomputed on a rerun: deterministic, and the gate needs
+    them), logged once."""
     registry.configure(settings)
     ev = evaluate_line(settings, Memory.open(settings), line)
+    if line.progress(drop_id).reached("evaluated"):
+        return ev
     f = ev.forgetting
     metrics = {f"eval/loss/{d}": v for d, v in ev.drop_losses.items()}
     metrics |= {f"eval/forgetting/{d}": v for d, v in f.per_drop.items()}
@@ -102,16 +143,21 @@ def evaluate_step(settings: Settings, line: Line, run_id: str) -> Evaluation:
         "eval/rel_forgetting_avg": f.rel_avg,
         "eval/plasticity": f.plasticity,
     }
+    metrics |= {f"eval/nonfinite/{d}": n for d, n in ev.nonfinite.items()}
     registry.log_record(
         run_id, metrics=metrics, step=len(line.trained), artifacts=[(p, "eval") for p in ev.artifacts.values()]
     )
+    line.advance(drop_id, "evaluated", healthy=ev.healthy)
     return ev
 
 
-def register_step(settings: Settings, line: Line, run_id: str) -> str:
-    """Log the line's current weights as a new version of the registered model; returns the version."""
+def register_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> str:
+    """Log the line's current weights as a new version of the registered model (once: a version already logged
+    from the run is reused); returns the version."""
+    if line.progress(drop_id).version:
+        return line.progress(drop_id).version
     registry.configure(settings)
-    drop = line.trained[-1]
+    drop = drop_id
     meta = {
         "line": line.name,
         "drop": drop,
@@ -120,7 +166,13 @@ def register_step(settings: Settings, line: Line, run_id: str) -> str:
         "run_id": run_id,
         "tokenizer": settings.ingest.tokenizer,
     }
-    mv = registry.log_model_version(line.model_dir, meta, settings.mlflow.registered_model, run_id=run_id)
+    client, name = registry.client(), settings.mlflow.registered_model
+    mv = registry.version_of_run(client, name, run_id)
+    if mv is None:
+        mv = registry.log_model_version(line.model_dir, meta, name, run_id=run_id)
+    else:  # registered before an interruption; its tags may not all be there
+        registry.tag_version(client, name, str(mv.version), meta)
+    line.advance(drop_id, "registered", version=str(mv.version))
     return str(mv.version)
 
 
@@ -145,19 +197,27 @@ class GateOutcome:
     champion_before: str | None
 
 
-def gate_step(settings: Settings, line: Line, ev: Evaluation, version: str, run_id: str) -> GateOutcome:
-    """Re-evaluate the champion on the same held-out data, decide, then move the aliases (or record the no)."""
+def gate_step(settings: Settings, line: Line, drop_id: str, ev: Evaluation, version: str, run_id: str) -> GateOutcome:
+    """Re-evaluate the baseline on the same held-out data, decide, move the aliases (or record the no), finish.
+
+    The baseline is the champion; with none yet, the newest version a gate judged before (so a first champion is
+    still compared with something whenever something exists); with neither, the first-champion rule. On a rerun
+    after a kill that came after the aliases moved, the champion is this very version: the baseline is then the
+    `previous` alias it replaced, so the decision is derived again from what it was first derived from."""
     registry.configure(settings)
     client, name = registry.client(), settings.mlflow.registered_model
-    champ_mv = registry.champion_version(client, name)
-    champion = None
-    if champ_mv is not None:
-        weights = registry.load_weights(f"models:/{name}@{registry.CHAMPION}")
+    champion_mv = registry.champion_version(client, name)
+    if champion_mv is not None and str(champion_mv.version) == version:
+        champion_mv = registry.previous_version(client, name)
+    baseline_mv = champion_mv or registry.previous_candidate(client, name, version)
+    baseline = None
+    if baseline_mv is not None:
+        weights = registry.load_weights(f"models:/{name}/{baseline_mv.version}")
         memory = Memory.open(settings)
-        losses, _ = measure(load_model(weights), memory, memory.version, line.trained, settings)
-        champion = Champion(str(champ_mv.version), losses)
-    candidate = Candidate(new_drop=line.trained[-1], losses=ev.drop_losses, best_ever=best_ever(line))
-    decision = decide(candidate, champion, settings.gate)
+        losses = measure(load_model(weights), memory, memory.version, line.trained, settings).losses
+        baseline = Champion(str(baseline_mv.version), losses)
+    candidate = Candidate(drop_id, ev.drop_losses, best_ever(line), ev.nonfinite, ev.uniform_loss)
+    decision = decide(candidate, baseline, settings.gate)
     registry.apply_decision(client, name, version, decision)
     registry.log_record(
         run_id,
@@ -167,7 +227,9 @@ def gate_step(settings: Settings, line: Line, ev: Evaluation, version: str, run_
             "gate/rows.json": json.dumps(decision.rows, default=str, indent=2),
         },
     )
-    return GateOutcome(version, decision, str(champ_mv.version) if champ_mv else None)
+    registry.finish_run(run_id)
+    line.finish_gate(drop_id, "promoted" if decision.promote else "rejected", ev.healthy)
+    return GateOutcome(version, decision, str(champion_mv.version) if champion_mv else None)
 
 
 class DropReport(BaseModel):

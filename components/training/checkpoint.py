@@ -9,11 +9,12 @@ Layout of `<ckpt_dir>/step-<n>/`:
   config.json, model*.safetensors  the model, via `save_model` (so `load_model(step_dir)` works too)
   state.safetensors                every tensor of the shared parts (AdamW moments, RNG states), by dotted key
   state.json                       format, step, world size, the shared parts' non-tensor rest, every rank's parts
-`<ckpt_dir>/latest` names the newest complete checkpoint; it is the only thing `latest_checkpoint` trusts.
 
-A checkpoint is written into `.tmp-*` next to its final place, fsynced, then renamed; `latest` is replaced
-atomically afterwards. A SIGKILL at any moment thus leaves either the previous state or the new one, plus perhaps a
-`.tmp-*` leftover that readers ignore and the next save removes. One writer per directory (rank 0).
+A checkpoint is written into `.tmp-*` next to its final place, fsynced, then renamed: a `step-<n>` directory is
+complete by construction, and the newest one is what a resume loads (`latest_checkpoint`). A SIGKILL at any moment
+thus leaves the previous checkpoints or the new one, plus perhaps a `.tmp-*` leftover that readers ignore and the
+next save removes. No separate "latest" pointer: with one, a kill between the rename and the pointer's update
+resumed from an older checkpoint than the newest on disk. One writer per directory (rank 0).
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from components.core.files import atomic_write, fsync_dir
-from components.training.model import load_model, save_model
+from components.core.files import fsync_dir
+from components.training.model import WeightsError, check_weights, load_model, save_model
 from components.training.ranks import Dist
 
 FORMAT = 2
-LATEST = "latest"
 STATE = "state.json"
 TENSORS = "state.safetensors"
 TMP_PREFIX = ".tmp-"
@@ -132,29 +132,37 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write(ckpt_dir / LATEST, name + "\n")
     _prune(ckpt_dir, keep, step)
     return final
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint `latest` points at; None when there is no pointer (a fresh or never-finished run)."""
-    pointer = Path(ckpt_dir) / LATEST
-    if not pointer.is_file():
+    """The newest complete checkpoint (`step-<n>` with its state file); None for a fresh or never-saved run."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
-    if not STEP_RE.match(name):  # also rejects '../x' and absolute paths
-        raise ValueError(f"{pointer}: {name!r} is not a checkpoint name of the form step-<n>")
-    path = Path(ckpt_dir) / name
-    if not (path / STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {name}, which is missing or incomplete; delete {pointer} to restart")
-    return path
+    steps = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
+    complete = [(n, p) for n, p in steps if (p / STATE).is_file()]
+    return max(complete)[1] if complete else None
 
 
 def load_checkpoint(path: Path, model: PreTrainedModel) -> tuple[int, dict[str, Any], list[dict]]:
     """Restore the weights into `model` in place; returns (step, shared parts' states, every rank's parts)."""
     path = Path(path)
-    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path} is damaged ({path / STATE}: {exc}). Fix: delete {path}; the run resumes from the checkpoint "
+            "before it, or from the drop's start"
+        ) from None
+    try:
+        check_weights(path)  # every *.safetensors here: truncated or damaged files are named, not half-loaded
+    except WeightsError as exc:
+        raise ValueError(
+            f"{path} is damaged ({exc}). Fix: delete {path}; the run resumes from the checkpoint before it, or from "
+            "the drop's start"
+        ) from None
     if state.get("format") != FORMAT:
         raise ValueError(
             f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT}; delete "
@@ -225,7 +233,7 @@ def _prune(ckpt_dir: Path, keep: int, current: int) -> None:
     stale = [n for n in steps if n > current] + [n for n in steps if n <= current][:-keep]
     for n in stale:
         shutil.rmtree(ckpt_dir / f"step-{n}", ignore_errors=True)
-    for p in [*ckpt_dir.glob(f"{TMP_PREFIX}*"), *ckpt_dir.glob(f".{LATEST}.*.tmp")]:  # writers killed mid-save
+    for p in ckpt_dir.glob(f"{TMP_PREFIX}*"):  # leftovers of writers killed mid-save
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

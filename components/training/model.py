@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -26,7 +27,15 @@ from components.core.config import TrainConfig
 hf_logging.disable_progress_bar()
 
 BUILT_IN = ("gpt2-tiny", "llama-tiny")
+FIX_WEIGHTS = (
+    "copy the model directory again from where it came from (the MLflow registry, or the checkpoint it was saved "
+    "from), or delete it and train again"
+)
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class WeightsError(ValueError):
+    """A model's safetensors file is missing, truncated or damaged; the message names the file and the fix."""
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, context_length: int, eos_id: int, pad_id: int) -> PreTrainedModel:
@@ -89,9 +98,29 @@ def _load_local(model_dir: Path, what: str) -> PreTrainedModel:
             f"{what}: not 'gpt2-tiny', 'llama-tiny' or a local model directory with a config.json "
             "(hub names cannot be downloaded here; save the model to a directory first)"
         )
+    check_weights(model_dir)
     return AutoModelForCausalLM.from_pretrained(
         model_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True
     )
+
+
+def check_weights(model_dir: Path) -> None:
+    """Raise `WeightsError` naming the first `*.safetensors` file of `model_dir` that is truncated or damaged.
+
+    `safe_open` reads only the header, and checks that it is complete and that its tensors cover the file
+    exactly, so a truncated copy is found in milliseconds, before transformers' `invalid header length`
+    (which names no file) and without reading the weights twice.
+    """
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise WeightsError(f"{model_dir}: no *.safetensors weights next to config.json. Fix: {FIX_WEIGHTS}")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            detail = str(exc).removeprefix("Error while deserializing header: ")
+            raise WeightsError(f"{file}: not a complete safetensors file ({detail}). Fix: {FIX_WEIGHTS}") from None
 
 
 def _check_fits(model: PreTrainedModel, vocab_size: int, context_length: int, name: str) -> None:

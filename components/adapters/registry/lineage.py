@@ -12,7 +12,17 @@ from mlflow.data.dataset_source_registry import register_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
-from components.adapters.registry.tracking import log_params_flat, redact, start_run, truncate
+from components.adapters.registry.tracking import (
+    active_run,
+    create_run,
+    log_params_flat,
+    log_record,
+    redact,
+    reopen_run,
+    run_has_params,
+    truncate,
+    unfinished_run,
+)
 from components.core.config import Settings
 
 
@@ -65,9 +75,24 @@ def log_memory_input(uri: str, version: int, drops: list[str]) -> None:
     mlflow.set_tags({"amr.memory_version": str(int(version)), "amr.drops": truncate(",".join(drops), 8000)})
 
 
-def open_run(settings: Settings, run_name: str, tags: Mapping[str, str], memory_version: int, drops: list[str]) -> str:
-    """Create a drop's run with every parameter, its tags and the memory version as a dataset input; returns its id."""
-    with start_run(settings, run_name=run_name, tags=tags) as run:
-        log_params_flat(settings)
-        log_memory_input(settings.memory_uri, memory_version, drops)
-    return run.info.run_id
+def open_run(
+    settings: Settings,
+    run_name: str,
+    tags: Mapping[str, str],
+    memory_version: int,
+    drops: list[str],
+    resume_on: tuple[str, ...] = ("amr.line", "amr.drop"),
+) -> str:
+    """The drop's run: an unfinished run with the same `resume_on` tags (an interrupted attempt) is reopened and
+    re-tagged, else one is created; either way it holds every parameter and the memory version as a dataset input.
+    Returns its id."""
+    run_id = unfinished_run(settings, {k: tags[k] for k in resume_on})
+    if run_id is not None and reopen_run(run_id):
+        log_record(run_id, tags=tags)
+    else:
+        run_id = create_run(settings, run_name, tags)
+    if not run_has_params(run_id):  # a run reopened after a kill right after its creation gets them now
+        with active_run(run_id):
+            log_params_flat(settings)
+            log_memory_input(settings.memory_uri, memory_version, drops)
+    return run_id

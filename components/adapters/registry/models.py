@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from components.adapters.registry import serving
-from components.adapters.registry.tracking import TAG_LIMIT, RegistryError, configure, truncate
+from components.adapters.registry.tracking import TAG_LIMIT, RegistryError, active_run, configure, truncate
 from components.core.config import Settings
 
 CHAMPION, PREVIOUS = "champion", "previous"
@@ -52,7 +52,7 @@ def log_model_version(
     runs MLflow's requirement inference (which imports the model and may reach the network).
     """
     if run_id is not None:
-        with mlflow.start_run(run_id=run_id):
+        with active_run(run_id):
             return log_model_version(model_dir, meta, registered_model)
     model_dir = Path(model_dir)
     check_safe_weights(model_dir)
@@ -76,9 +76,14 @@ def log_model_version(
     if unsafe:
         client.delete_model_version(registered_model, version)
         raise RegistryError(f"pickle-based files ended up in the logged model: {unsafe}; version {version} deleted")
+    return tag_version(client, registered_model, version, meta)
+
+
+def tag_version(client: MlflowClient, name: str, version: str, meta: Mapping[str, Any]) -> ModelVersion:
+    """One `amr.<key>` tag per `meta` entry on the version (idempotent: a resumed registration sets them again)."""
     for key, value in meta.items():
-        client.set_model_version_tag(registered_model, version, f"amr.{key}", truncate(_tag_text(value)))
-    return client.get_model_version(registered_model, version)
+        client.set_model_version_tag(name, str(version), f"amr.{key}", truncate(_tag_text(value)))
+    return client.get_model_version(name, str(version))
 
 
 def load_weights(model_uri: str, dst: Path | None = None) -> Path:
@@ -158,6 +163,11 @@ def rollback_champion(client: MlflowClient, name: str) -> ModelVersion:
     if current is not None and str(current.version) != str(prev.version):
         client.set_model_version_tag(name, current.version, "amr.rolled_back", f"champion back to {prev.version}")
     return client.get_model_version(name, prev.version)
+
+
+def previous_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version behind `@previous` (the champion the current one replaced), or None."""
+    return _alias_version(client, name, PREVIOUS)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -274,3 +284,21 @@ def line_version_weights(settings: Settings, line: str, drops: list[str]) -> tup
     except Exception:  # no registry, no such model, unsafe weights: the caller starts the line over instead
         return None
     return None
+
+
+def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The newest version of `name` logged from the run `run_id` (registration is then not repeated), if any."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def recorded_decision(mv: ModelVersion) -> str | None:
+    """The gate outcome recorded on a version (`promoted`, `rejected` or `manual`), if any."""
+    return (mv.tags or {}).get("amr.gate")
+
+
+def previous_candidate(client: MlflowClient, name: str, before: str) -> ModelVersion | None:
+    """The newest version below `before` that a gate judged: the baseline when there is no champion yet."""
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if int(v.version) < int(before)]
+    judged = [v for v in versions if recorded_decision(v)]
+    return max(judged, key=lambda v: int(v.version)) if judged else None

@@ -13,14 +13,15 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from components.core.config import Settings
@@ -146,6 +147,66 @@ class StepLogger:
             self.buffer = []
 
 
+def create_run(settings: Settings, run_name: str, tags: Mapping[str, str]) -> str:
+    """A new RUNNING run in the configured experiment, tagged with the strategy and git revision; returns its id.
+
+    Created through the client, not `mlflow.start_run`: a drop's run stays RUNNING across the steps and processes
+    that log into it, and only `finish_run` ends it."""
+    configure(settings)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    base = {"amr.strategy": settings.replay.strategy, "amr.git_rev": git_rev()}
+    return client.create_run(experiment.experiment_id, run_name=run_name, tags=base | dict(tags)).info.run_id
+
+
+@contextmanager
+def active_run(run_id: str) -> Iterator[None]:
+    """`run_id` as the active run for MLflow's fluent calls that need one; it stays RUNNING afterwards."""
+    with mlflow.start_run(run_id=run_id):
+        yield
+    MlflowClient().update_run(run_id, status="RUNNING")
+
+
+def unfinished_run(settings: Settings, tags: Mapping[str, str]) -> str | None:
+    """The newest run with all of `tags` that did not finish (a killed or failed attempt to resume), if any."""
+    configure(settings)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"{where} and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def reopen_run(run_id: str) -> bool:
+    """Mark an interrupted run RUNNING again to resume logging into it; False if the store has no such run."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    if run.info.lifecycle_stage != "active":
+        return False
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    return True
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    """End a drop's run: FINISHED once it is gated, FAILED after an error, KILLED after an interrupt."""
+    MlflowClient().set_terminated(run_id, status)
+
+
+def run_has_params(run_id: str) -> bool:
+    return bool(MlflowClient().get_run(run_id).data.params)
+
+
 def log_record(
     run_id: str,
     metrics: Mapping[str, float] | None = None,
@@ -155,19 +216,18 @@ def log_record(
     texts: Mapping[str, str] | None = None,
     artifacts: Sequence[tuple[Path, str]] = (),
 ) -> None:
-    """Log into the run `run_id`: finite metrics (at `step`), tags, JSON files, text files and (file, folder) pairs."""
-    with mlflow.start_run(run_id=run_id):
-        finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(v)}
-        if finite:
-            mlflow.log_metrics(finite, step=step)
-        if tags:
-            mlflow.set_tags(dict(tags))
-        for name, data in (dicts or {}).items():
-            mlflow.log_dict(data, name)
-        for name, text in (texts or {}).items():
-            mlflow.log_text(text, name)
-        for path, folder in artifacts:
-            mlflow.log_artifact(str(path), folder)
+    """Log into the run `run_id` without ending it: finite metrics (at `step`), tags, JSON files, text files and
+    (file, folder) pairs."""
+    client, now = MlflowClient(), int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step or 0) for k, v in (metrics or {}).items() if math.isfinite(v)]
+    if batch or tags:
+        client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    for name, data in (dicts or {}).items():
+        client.log_dict(run_id, data, name)
+    for name, text in (texts or {}).items():
+        client.log_text(run_id, text, name)
+    for path, folder in artifacts:
+        client.log_artifact(run_id, str(path), folder)
 
 
 def truncate(text: str, limit: int = TAG_LIMIT, marker: str = " ... (truncated)") -> str:

@@ -18,9 +18,10 @@ Choices, where the format leaves room:
   whitespace counts as empty. An empty string in a "text" field or cell is a valid, empty document.
 - A document's size is the raw JSONL line, the UTF-8 parquet cell or the whole text file, checked against
   `max_document_bytes` before parsing.
-- Drop ids must match `DROP_ID_PATTERN` (they become LanceDB tags and file names). Names that could leave
-  the drop ('..', '.' or empty segments, absolute paths, backslashes, control characters, non-UTF-8 names)
-  and local symlinks resolving outside the drop are reported and never read; symlinks inside are followed.
+- Drop ids must match `DROP_ID_PATTERN` (they become LanceDB tags and file names, so Lance's tag rules apply).
+  Names that could leave the drop ('..', '.' or empty segments, absolute paths, backslashes, control characters,
+  non-UTF-8 names) and local symlinks resolving outside the drop are reported and never read; symlinks inside are
+  followed.
   Local entries that are not regular files (FIFOs, symlinked directories) are reported, not read.
 - A file's checking stops after `MAX_ISSUES_PER_FILE` issues, with one more issue saying so; a binary
   file is one issue, not one per line.
@@ -44,7 +45,7 @@ from components.ingest.drops.model import (
     check_drop_id,
     unsafe_name_reason,
 )
-from components.ingest.drops.reader import content_hash, file_kind, read_drop
+from components.ingest.drops.reader import content_hash, file_kind, invalid_id_issue, read_drop
 from components.ingest.drops.sources import DropSource, LocalSource, S3Source, UnsafeNameError, open_source
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "parse_manifest",
     "parse_parquet",
     "parse_text",
+    "invalid_id_issue",
     "read_drop",
     "s3_client",
     "unsafe_name_reason",

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 
-from components.core.ids import FIX_DROP_ID
+from components.core.ids import FIX_DROP_ID, drop_id_problem
 from components.ingest.drops.formats import parse_document_file, parse_manifest
 from components.ingest.drops.model import (
     FIX_ESCAPE,
@@ -31,6 +31,11 @@ def file_kind(name: str) -> str:
     return "document"
 
 
+def invalid_id_issue(drop_id: str) -> DropIssue:
+    """The issue of a drop whose id LanceDB's tags (or a file system) would refuse; nothing of it is read."""
+    return DropIssue("", None, f"invalid drop id {drop_id!r}: {drop_id_problem(drop_id)}", FIX_DROP_ID, drop_id)
+
+
 def read_drop(
     source: DropSource, drop_id: str, max_document_bytes: int, progress: Callable[[int], None] | None = None
 ) -> DropContents:
@@ -41,7 +46,7 @@ def read_drop(
     """
     contents = DropContents(drop_id, [], content_hash({}), 0, None, [])
     if not is_drop_id(drop_id):
-        contents.issues.append(DropIssue("", None, f"invalid drop id {drop_id!r}", FIX_DROP_ID, drop_id))
+        contents.issues.append(invalid_id_issue(drop_id))
         return contents
     digests: dict[str, str] = {}
     n_document_files = 0

@@ -101,11 +101,14 @@ class S3Source:
     def __init__(self, location: str, client: Any = None, s3: S3Config | None = None) -> None:
         self.bucket, self.prefix = s3_io.split_s3_uri(location)
         self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.s3 = s3
         self.client = client if client is not None else s3_io.s3_client(s3)
 
     def list_drops(self) -> list[DropRef]:
-        ids = sorted(d for d in s3_io.list_subprefixes(self.client, self.bucket, self.prefix) if _visible(d))
-        return [DropRef(d, self._ready(d), f"s3://{self.bucket}/{self.prefix}{d}") for d in ids]
+        """A dead endpoint or a missing bucket is one S3Unavailable line here, before any drop is read."""
+        with s3_io.explained(self.bucket, self.s3):
+            ids = sorted(d for d in s3_io.list_subprefixes(self.client, self.bucket, self.prefix) if _visible(d))
+            return [DropRef(d, self._ready(d), f"s3://{self.bucket}/{self.prefix}{d}") for d in ids]
 
     def _ready(self, drop_id: str) -> bool:
         return s3_io.object_exists(self.client, self.bucket, f"{self.prefix}{drop_id}/{READY}")
