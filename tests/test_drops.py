@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from components.ingest.drops import (
     MAX_ISSUES_PER_FILE,
@@ -82,6 +83,7 @@ SHLEX = py_text("shlex.py")
 with_bad_byte = SHLEX.encode().split(b"\n")
 with_bad_byte[6] += b"\xff"  # line 7
 GZIPPED = gzip.compress(jsonl(SHLEX), mtime=0)
+ZSTDED = zstandard.ZstdCompressor().compress(jsonl(SHLEX, py_text("getopt.py")))
 MANIFEST_SYNTAX = b'{\n  "description": "shlex"\n  "source": "stdlib"\n}\n'  # missing comma: error on line 3
 
 # name: (files, the one issue's file and line, a substring of its reason), read with max_document_bytes=20_000
@@ -94,7 +96,19 @@ BAD_CASES = {
     "json-surrogate": ({"a.jsonl": b'{"text": "ok"}\n{"text": "\\ud800"}\n'}, "a.jsonl", 2, "surrogate"),
     "json-deep-nesting": ({"a.jsonl": b"[" * 5_000 + b"\n"}, "a.jsonl", 1, "invalid JSON"),
     "json-bad-utf8": ({"a.jsonl": jsonl(SHLEX) + b'{"text": "caf\xe9"}\n'}, "a.jsonl", 2, "invalid UTF-8"),
-    "json-binary": ({"a.jsonl": GZIPPED}, "a.jsonl", 1, "binary data"),
+    "json-binary": ({"a.jsonl": parquet([SHLEX])}, "a.jsonl", 1, "binary data"),
+    "gzip-cut-off": ({"a.jsonl.gz": GZIPPED[: len(GZIPPED) // 2]}, "a.jsonl.gz", None, "damaged gzip data"),
+    "zstd-cut-off": ({"a.ndjson.zst": ZSTDED[:-40]}, "a.ndjson.zst", None, "zstd frame (file cut off)"),
+    "gzip-text-too-big": (
+        {"GPL-3.gz": gzip.compress(license_text("GPL-3").encode())},
+        "GPL-3.gz",
+        None,
+        "decompressed",
+    ),
+    "gzip-line-too-big": ({"a.json.gz": gzip.compress(jsonl("ok", license_text("GPL-3")))}, "a.json.gz", 2, "35,"),
+    "gzip-parquet": ({"a.parquet.gz": gzip.compress(parquet([SHLEX]))}, "a.parquet.gz", None, "compressed parquet"),
+    "gzip-nul": ({"a.jsonl.gz": gzip.compress(b'{"text": "ok"}\n\0\0\n')}, "a.jsonl.gz", 2, "binary data"),
+    "gzip-blank": ({"a.jsonl.gz": gzip.compress(b"\n\n")}, "a.jsonl.gz", None, "no JSON lines"),
     "text-bad-utf8": ({"shlex.py": b"\n".join(with_bad_byte)}, "shlex.py", 7, "invalid UTF-8 (byte 0xff)"),
     "text-nul": ({"a.txt": b"first\nsecond\nthi\0rd\n"}, "a.txt", 3, "binary data"),
     "text-empty": ({"a.txt": b""}, "a.txt", None, "empty file"),
@@ -184,6 +198,50 @@ def test_good_drop_of_all_three_formats_reads_back_every_document(tmp_path):
     assert contents.manifest.created_at.year == 2024 and contents.manifest.tags == ["code"]
     read_names = ["_drop.json", "licenses.parquet", "modules.jsonl", "texts/GPL-1.txt", "texts/bom.txt"]
     assert contents.n_bytes == sum((tmp_path / "d1" / n).stat().st_size for n in read_names)
+
+
+def test_spark_ndjson_and_compressed_json_lines_read_as_documents(tmp_path):
+    """Issue 11: these were ingested as raw JSON text (tokens `{"text": "...`) or rejected as binary data."""
+    modules = [py_text(n) for n in ("shlex.py", "getopt.py", "fnmatch.py", "heapq.py", "bisect.py", "glob.py")]
+    zstd = zstandard.ZstdCompressor()
+    files = {  # what Spark's df.write.json() writes, with and without compression, and the other usual names
+        "part-00000-1b2c.c000.json": jsonl(modules[0]),
+        "part-00001-1b2c.c000.json.gz": gzip.compress(jsonl(modules[1]), mtime=0),
+        ".part-00000-1b2c.c000.json.crc": b"crc\0",
+        "_SUCCESS": b"",
+        "b.ndjson": jsonl(modules[2]),
+        "c.jsonl.zst": zstd.compress(jsonl(modules[3])) + zstd.compress(jsonl(modules[4])),  # two frames
+        "d.jsonl": gzip.compress(jsonl(modules[5]), mtime=0),  # gzip named .jsonl: recognised by its magic bytes
+        "spark/part-00002": jsonl("no suffix: JSON lines by content"),
+        "notes.txt.gz": gzip.compress(license_text("BSD").encode(), mtime=0),
+        "brace.txt": '{"config": 1}\nnot JSON lines: no field "text"\n',
+    }
+    write_drop(tmp_path, files)
+    contents = read(tmp_path)
+    assert contents.ok, contents.error_message()
+    got = {(d.file, d.line): d.text for d in contents.documents}
+    assert got == {
+        ("b.ndjson", 1): modules[2],
+        ("brace.txt", None): files["brace.txt"],
+        ("c.jsonl.zst", 1): modules[3],
+        ("c.jsonl.zst", 2): modules[4],
+        ("d.jsonl", 1): modules[5],
+        ("notes.txt.gz", None): license_text("BSD"),
+        ("part-00000-1b2c.c000.json", 1): modules[0],
+        ("part-00001-1b2c.c000.json.gz", 1): modules[1],
+        ("spark/part-00002", 1): "no suffix: JSON lines by content",
+    }
+    assert not any(text.startswith('{"text"') for text in got.values())
+
+
+def test_a_long_compressed_line_is_skipped_without_holding_it(tmp_path):
+    big = license_text("GPL-3") * 30  # ~1 MB on one line, over the limit
+    data = gzip.compress(jsonl(py_text("shlex.py"), big, py_text("getopt.py")), mtime=0)
+    write_drop(tmp_path, {"a.jsonl.gz": data})
+    contents = read(tmp_path, limit=LIMIT)
+    assert [(i.line, "over max_document_bytes" in i.reason) for i in contents.issues] == [(2, True)]
+    assert f"{len(json.dumps({'text': big})):,} bytes" in contents.issues[0].reason
+    assert [d.line for d in contents.documents] == [1, 3]
 
 
 def test_symlink_inside_the_drop_is_followed(tmp_path):

@@ -142,6 +142,7 @@ def test_cli_exit_codes_and_memory_json(tmp_path, monkeypatch):
         "drop_id",
         "status",
         "documents",
+        "duplicates",
         "sequences",
         "holdout_sequences",
         "tokens",

@@ -7,6 +7,7 @@ import pytest
 
 from components.core.packing import DropTooSmall, doc_hash, hash_fractions, holdout_mask, pack, split_and_pack
 from components.core.text import load_tokenizer
+from tests.conftest import real_texts
 
 PYLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 EOS, PAD = 1, 0
@@ -111,20 +112,38 @@ def test_duplicate_documents_share_one_split():
     assert len(holdout) + len(train) == 40
 
 
-def test_min_holdout_moves_lowest_hash_documents_first():
+def test_min_holdout_floor_takes_the_smallest_document_that_meets_it():
     docs = real_docs()
-    base = split(docs, L=32, fraction=0.0001, min_holdout=1)  # no hash is this low: one document is moved
+    base = split(docs, L=32, fraction=0.0001, min_holdout=1)  # the target is < 1 token: only the floor holds out
     assert len(members(base.holdout)) == 1
-    want = len(base.holdout) + 3
-    result = split(docs, L=32, fraction=0.0001, min_holdout=want)
-    assert len(result.holdout) >= want and len(result.train) >= 1
-    moved = set(members(result.holdout))
-    assert len(moved) > 1 and set(members(base.holdout)) <= moved
-    fraction = {d: hash_fractions([doc_hash(d)])[0] for d in docs}
-    assert max(fraction[d] for d in moved) < min(fraction[d] for d in docs if d not in moved)
-    # Minimal: without the last moved document the holdout would pack into fewer than `want` rows.
-    last = max(moved, key=fraction.get)
-    assert sum(len(d.encode("utf-8")) + 1 for d in moved - {last}) <= (want - 1) * 32
+    result = split(docs, L=32, fraction=0.0001, min_holdout=3)  # needs 2 * 32 + 1 tokens, eos included
+    sizes = {d: len(d.encode("utf-8")) + 1 for d in docs}
+    fits = sorted((size, hash_fractions([doc_hash(d)])[0], d) for d, size in sizes.items() if size >= 65)
+    assert members(result.holdout) == [fits[0][2]] and len(result.holdout) >= 3
+
+
+def test_floor_is_met_by_the_larger_document_when_only_it_can():
+    small, large = "import os", stdlib_paragraph(200)  # 10 and 201 tokens with eos; 129 needed
+    for fraction in (0.0001, 0.04):  # a target the small one meets, and one closer to the small one
+        result = split([small, large], L=64, fraction=fraction, min_holdout=3)
+        assert members(result.holdout) == [large] and members(result.train) == [small]
+
+
+def stdlib_paragraph(n_bytes: int) -> str:
+    text = (PYLIB / "heapq.py").read_text(encoding="utf-8")
+    return text[:n_bytes]
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.2, 0.3, 0.45])
+def test_holdout_sequences_follow_the_fraction_for_few_large_and_many_small_documents(fraction):
+    """Target: a share of the tokens, met with whole documents in hash order (it was a share of the documents)."""
+    modules = real_texts("*.py", 30)[20:30]  # 10 whole modules, 3 KB to 100 KB
+    paragraphs = real_docs(200)
+    for docs, tolerance in ((modules, 0.03), (paragraphs, 0.01)):
+        result = split(docs, fraction=fraction)
+        share = len(result.holdout) / (len(result.holdout) + len(result.train))
+        assert abs(share - fraction) <= tolerance, (len(docs), share)
+        assert not set(members(result.holdout)) & set(members(result.train))
 
 
 def test_train_keeps_a_document_even_when_every_hash_is_below_the_fraction():

@@ -4,7 +4,10 @@ Two tables live in one LanceDB database (a local directory or `s3://`):
 
 * `sequences`: packed, tokenized sequences (`drop_id`, `split`, `position`, `tokens`, `length`, `cluster`,
   `doc_hash`). Its schema metadata pins the tokenizer and context length, so a memory never mixes them.
-* `drops`: an append-only log of drop records (ingested, rejected or rolled-back), newest record per drop wins.
+* `drops`: an append-only log of drop records (ingested, rejected, duplicate or rolled-back), newest record per
+  drop wins.
+* `documents`: the content hash and split of every document each drop commit stored, written before the record;
+  exact deduplication across drops looks new documents up in it (components.adapters.documents).
 
 Commit protocol (why a crash never leaves half a drop): a drop is appended to `sequences` in one Lance commit,
 tagged `drop-<id>`, and only then recorded in `drops` with that version. A drop is *live* when its newest record
@@ -38,6 +41,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
+from components.adapters import documents as doc_index
 from components.adapters import integrity
 from components.adapters import s3 as s3_io
 from components.adapters.locks import exclusive
@@ -46,7 +50,7 @@ from components.core.ids import FIX_DROP_ID, is_drop_id
 
 SEQUENCES = "sequences"
 DROPS = "drops"
-INGESTED, REJECTED, ROLLED_BACK = "ingested", "rejected", "rolled-back"
+INGESTED, REJECTED, ROLLED_BACK, DUPLICATE = "ingested", "rejected", "rolled-back", "duplicate"
 TAG_PREFIXES = ("drop-", "superseded-")  # the tags this module owns; others (a user's) are left alone
 META_KEYS = ("tokenizer", "vocab_size", "eos_id", "pad_id", "context_length")
 
@@ -66,6 +70,7 @@ DROPS_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("manifest", pa.string()),
         ("recorded_at", pa.string()),
+        ("duplicates", pa.int64()),  # added by issue 11: older logs get it (0) on their next append
     ]
 )
 
@@ -88,7 +93,7 @@ class VerifyReport:
 @dataclass
 class DropRecord:
     drop_id: str
-    status: str  # "ingested" | "rejected" | "rolled-back"
+    status: str  # "ingested" | "rejected" | "rolled-back" | "duplicate" (every document already in the memory)
     content_hash: str = ""
     documents: int = 0
     sequences: int = 0
@@ -101,6 +106,7 @@ class DropRecord:
     manifest: str = ""
     recorded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     seq: int = 0
+    duplicates: int = 0  # documents not stored: already in the memory, or earlier in the same drop
 
 
 def sequences_schema(meta: dict[str, Any]) -> pa.Schema:
@@ -182,7 +188,7 @@ class Memory:
         if not self._has(DROPS):
             return []
         rows = self.db.open_table(DROPS).to_arrow().sort_by("seq").to_pylist()
-        return [DropRecord(**row) for row in rows]
+        return [DropRecord(**row) for row in rows]  # a log from before issue 11 lacks `duplicates`: 0
 
     def drops(self) -> list[DropRecord]:
         """The newest record of each drop, in the order the drops first appeared."""
@@ -198,6 +204,12 @@ class Memory:
     def ingested(self) -> list[str]:
         """Ids of the live drops, in ingest order (the order training sees them)."""
         return [r.drop_id for r in self.live()]
+
+    def known_documents(self, hashes: list[str]) -> dict[str, str]:
+        """doc_hash -> split of those `hashes` a live drop already stored (cost: components.adapters.documents)."""
+        live = {r.drop_id: r.version for r in self.live()}
+        sequences = self.table() if live else None
+        return doc_index.known(self.db, live, sequences, hashes)
 
     def record(self, drop_id: str) -> DropRecord | None:
         return next((r for r in reversed(self.records()) if r.drop_id == drop_id), None)
@@ -326,6 +338,7 @@ class Memory:
         if table.version != complete and _files(latest) != _files(latest.checkout_version(complete)):
             table.restore(complete)
         self._sync_tags(table)
+        doc_index.drop_orphans(self.db, {r.version for r in self.records() if r.status == INGESTED})
 
     def _wanted_tags(self) -> dict[str, int]:
         """Every drop commit ever recorded keeps a tag: `drop-<id>` the newest, `superseded-<v>-<id>` older ones."""
@@ -371,16 +384,28 @@ class Memory:
         rec.seq = len(self.records())
         row = pa.Table.from_pylist([asdict(rec)], schema=DROPS_SCHEMA)
         if self._has(DROPS):
-            self.db.open_table(DROPS).add(row)
+            log = self.db.open_table(DROPS)
+            if "duplicates" not in log.schema.names:  # a log written before issue 11
+                log.add_columns({"duplicates": "CAST(0 AS BIGINT)"})
+            log.add(row)
         else:
             self.db.create_table(DROPS, data=row)
 
-    def commit_drop(self, rows: pa.Table | pa.RecordBatchReader, rec: DropRecord, meta: dict[str, Any]) -> DropRecord:
-        """Append one drop's rows as one version, tag it, then record it (the commit point). Call inside writer()."""
+    def commit_drop(
+        self,
+        rows: pa.Table | pa.RecordBatchReader,
+        rec: DropRecord,
+        meta: dict[str, Any],
+        documents: pa.Table | None = None,
+    ) -> DropRecord:
+        """Append one drop's rows as one version, tag it, index its `documents` (components.adapters.documents),
+        then record it (the commit point). Call inside writer()."""
         check_drop_id(rec.drop_id)
         table = self._ensure_sequences(meta)
         table.add(rows)
         rec.version = int(table.version)
+        if documents is not None:
+            doc_index.append(self.db, documents, rec.version)
         tag = f"drop-{rec.drop_id}"
         if tag in table.tags.list():  # a rolled-back drop ingested again: its old commit is re-tagged below
             table.tags.update(tag, rec.version)
@@ -391,9 +416,9 @@ class Memory:
         self._sync_tags(table)
         return rec
 
-    def reject_drop(self, rec: DropRecord) -> DropRecord:
-        """Record a rejected drop; the sequences table is not touched. Call inside writer()."""
-        rec.status = REJECTED
+    def reject_drop(self, rec: DropRecord, status: str = REJECTED) -> DropRecord:
+        """Record a rejected (or all-duplicate) drop; the sequences table is not touched. Call inside writer()."""
+        rec.status = status
         rec.version = self.version
         self._append_record(rec)
         return rec

@@ -28,7 +28,7 @@ def ingest(
     if as_json:
         print(json.dumps({"results": [r.to_dict() for r in results], "exit_code": code}, indent=2))
     else:
-        colors = {"ingested": "green", "present": "cyan", "pending": "yellow"}
+        colors = {"ingested": "green", "present": "cyan", "duplicate": "cyan", "pending": "yellow"}
         for r in results:
             color = colors.get(r.status, "red")
             out.print(f"[{color}]{r.status:>9}[/{color}] {r.drop_id}: {r.message}", highlight=False)
@@ -42,7 +42,8 @@ def memory_json(cfg: Settings, source: str | None) -> dict:
 
     memory = Memory.open(cfg)
     drops = [
-        {k: getattr(r, k) for k in ("drop_id", "status", "documents", "sequences", "holdout_sequences", "tokens")}
+        {k: getattr(r, k) for k in ("drop_id", "status", "documents", "duplicates", "sequences", "holdout_sequences")}
+        | {"tokens": r.tokens}
         | {"clusters": r.clusters, "version": r.version, "error": r.error or None}
         for r in memory.drops()
     ]
@@ -50,7 +51,8 @@ def memory_json(cfg: Settings, source: str | None) -> dict:
         from components.ingest.drops import open_source
 
         known = {d["drop_id"] for d in drops}
-        blank = {"documents": 0, "sequences": 0, "holdout_sequences": 0, "tokens": 0, "clusters": 0, "version": None}
+        blank = {"documents": 0, "duplicates": 0, "sequences": 0, "holdout_sequences": 0, "tokens": 0}
+        blank |= {"clusters": 0, "version": None}
         for ref in open_source(source, cfg.s3).list_drops():
             if ref.drop_id not in known:  # ready or not, it is not in the memory yet
                 drops.append({"drop_id": ref.drop_id, "status": "pending", **blank, "error": None})
@@ -105,13 +107,14 @@ def memory(
         print(json.dumps(data, indent=2))
         return
     table = Table(title=f"memory version {data['version']}")
-    for col in ("drop", "status", "docs", "train seqs", "holdout", "tokens", "clusters", "version", "error"):
+    for col in ("drop", "status", "docs", "dups", "train seqs", "holdout", "tokens", "clusters", "version", "error"):
         table.add_column(col)
     for d in data["drops"]:
         table.add_row(
             d["drop_id"],
             d["status"],
             str(d["documents"]),
+            str(d["duplicates"]),
             str(d["sequences"]),
             str(d["holdout_sequences"]),
             str(d["tokens"]),

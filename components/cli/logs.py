@@ -26,6 +26,7 @@ import flows
 
 OURS = tuple(str(Path(p).resolve()) for p in (*components.__path__, *flows.__path__))
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s - %(message)s"
+RUN_FORMAT = "%%(asctime)s %%(levelname)-7s %s run %%(%s_run_name)r - %%(message)s"
 
 
 class LibraryLog(logging.FileHandler):
@@ -49,10 +50,13 @@ def library_logs_to(path: Path) -> Path:
     """
     import mlflow  # noqa: F401
     import prefect.main  # noqa: F401
+    from prefect.logging.formatters import PrefectFormatter  # names the flow or task run of its records
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = LibraryLog(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(
+        PrefectFormatter(FORMAT, flow_run_fmt=RUN_FORMAT % ("Flow", "flow"), task_run_fmt=RUN_FORMAT % ("Task", "task"))
+    )
     handler.setLevel(logging.INFO)
     for logger in (logging.getLogger(), logging.getLogger("mlflow")):
         for old in [h for h in logger.handlers if isinstance(h, LibraryLog)]:

@@ -44,12 +44,16 @@ def _run_refresh(
 ) -> list[DropReport]:
     """The refresh flow, with Prefect's and MLflow's INFO lines in $AMR_HOME/logs/refresh.log (components/cli/logs)
     and, without PREFECT_API_URL, a temporary Prefect server that dies with this process (components/cli/ephemeral)."""
+    from components.adapters.locks import refresh_lock
     from components.cli.ephemeral import ServerStartError, temporary_server
     from components.cli.logs import library_logs_to, refresh_log
     from flows.refresh import refresh as refresh_flow
 
     cfg = settings(ctx)
     open_line(cfg, line)  # fail fast on a bad configuration or a corrupted line state: nothing is run
+    if not wait:  # a busy home exits 3 now, not after Prefect's server started (the flow takes the lock for real)
+        with exits_on(), refresh_lock(cfg.home):
+            pass
     log = library_logs_to(refresh_log(cfg.home))
     out.print(f"[dim]Prefect's and MLflow's log lines go to {log}[/dim]", highlight=False)
     params = ctx.find_root().obj

@@ -32,9 +32,11 @@ class Section(BaseModel):
 
 class IngestConfig(Section):
     context_length: int = Field(128, ge=8, le=65536, description="Tokens per packed training sequence.")
-    holdout_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of documents (by hash) held out.")
+    holdout_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of each drop's tokens held out (whole documents, hash order)."
+    )
     min_holdout_sequences: int = Field(
-        2, ge=1, description="Each drop keeps at least this many held-out sequences, moving documents in hash order."
+        2, ge=1, description="Each drop keeps at least this many held-out sequences, adding its smallest documents."
     )
     clusters_per_drop: int = Field(4, ge=1, le=1024, description="k of the per-drop k-means (the replay arms).")
     max_document_bytes: int = Field(

@@ -1,7 +1,9 @@
 """Deterministic train/holdout split by document hash, then packing into fixed-length sequences.
 
-Why by hash: the same document lands in the same split in every drop and every re-run, whatever the file order,
-so a held-out document is never trained on (duplicates included: equal hashes share one split).
+Why by hash: the split depends only on the drop's set of documents, never on the file order, so a re-run gives the
+same rows, and equal documents share one split. Across drops the ingest stores a document only once (a document
+already in the memory is dropped from a new drop before this split, components.ingest.pipeline), so a held-out
+document is never trained on later.
 Why packing: documents of any length become rows of exactly `context_length` tokens, each document followed by
 eos, so no compute is spent on padding except in the last row of a split.
 """
@@ -71,16 +73,27 @@ class SplitPacked:
     holdout: Packed
     train_doc_hashes: list[str]  # per sequence: hash of its first_doc
     holdout_doc_hashes: list[str]
+    doc_in_holdout: np.ndarray  # [n_docs] bool: each input document's split
 
 
 def choose_holdout(
     doc_tokens: np.ndarray, hashes: Sequence[str], holdout_fraction: float, needed_tokens: int
 ) -> np.ndarray:
-    """Boolean holdout mask over documents, decided per distinct hash in ascending hash-fraction order.
+    """Boolean holdout mask over documents, decided per distinct hash; a document is never split.
 
-    The holdout is a prefix of the distinct hashes sorted by fraction: all with fraction < holdout_fraction, grown
-    until it holds `needed_tokens` (eos included), but always leaving the last hash for training. Raises
-    DropTooSmall when even that prefix is too short. Depends only on the set of documents, not their order.
+    Target: `holdout_fraction` of the drop's tokens (eos included), so the held-out *sequences* follow the fraction
+    whatever the document sizes. Walk the distinct hashes in ascending hash-fraction order and hold a document out
+    when that brings the held-out tokens closer to the target (a document that would overshoot by more than the
+    remaining gap stays in train, and a smaller one later in the order may fill the gap); stop once the target is
+    met. With many small documents this is the hash prefix below `holdout_fraction`; with a few large ones the
+    share is as close as whole documents allow (within half a document of the target). If that leaves fewer than
+    `needed_tokens` (the `min_holdout_sequences` floor), the smallest remaining documents are added, ties by hash.
+    The last distinct document always stays in train. Depends only on the set of documents, not their order;
+    raises DropTooSmall when the floor cannot be met.
+
+    Why whole documents: the tail of a document is easy to predict from its head, so a document split across
+    train and holdout would make the held-out loss measure memorisation; the ingest stores each document once
+    (components.ingest.pipeline), so the whole-document rule also keeps it in one split across drops.
     """
     uniq, inverse = np.unique(np.asarray(hashes, dtype=str), return_inverse=True)
     if uniq.size < 2:
@@ -88,22 +101,44 @@ def choose_holdout(
             f"drop has {int(doc_tokens.sum())} tokens in {uniq.size} distinct document(s); it needs at least two "
             "distinct documents (one for training, one held out)"
         )
-    fractions = hash_fractions(uniq)
-    order = np.argsort(fractions, kind="stable")  # ties (practically never) fall back to hash order
-    group_tokens = np.bincount(inverse, weights=doc_tokens, minlength=uniq.size)[order]
-    cum = np.cumsum(group_tokens)
-    n_base = int(np.count_nonzero(fractions < holdout_fraction))
-    n_enough = int(np.searchsorted(cum, needed_tokens, side="left")) + 1  # smallest prefix with enough tokens
-    n_holdout = min(max(n_base, n_enough), uniq.size - 1)  # >= 1: n_enough >= 1 and uniq.size >= 2
-    if cum[n_holdout - 1] < needed_tokens:
+    order = np.argsort(hash_fractions(uniq), kind="stable")  # ties (practically never) fall back to hash order
+    group_tokens = np.bincount(inverse, weights=doc_tokens, minlength=uniq.size).astype(np.int64)
+    total = int(group_tokens.sum())
+    target = holdout_fraction * total
+    held, in_holdout = 0, np.zeros(uniq.size, dtype=bool)
+    for g in order[:-1].tolist():  # the hash-last document always trains
+        if held >= target:
+            break
+        size = int(group_tokens[g])
+        if held + size - target < target - held:  # closer to the target with it than without
+            in_holdout[g], held = True, held + size
+    held = _meet_floor(group_tokens, hash_fractions(uniq), in_holdout, held, needed_tokens)
+    if held < needed_tokens:
         raise DropTooSmall(
-            f"drop has {int(cum[-1])} tokens (one eos per document included) in {uniq.size} distinct documents; "
+            f"drop has {total} tokens (one eos per document included) in {uniq.size} distinct documents; "
             f"it needs at least {needed_tokens} held-out tokens plus one more document for training, and the "
-            f"hash-ordered split gives only {int(cum[n_holdout - 1])} held-out tokens"
+            f"largest possible holdout gives only {held} held-out tokens"
         )
-    in_holdout = np.zeros(uniq.size, dtype=bool)
-    in_holdout[order[:n_holdout]] = True
     return in_holdout[inverse]
+
+
+def _meet_floor(sizes: np.ndarray, fractions: np.ndarray, in_holdout: np.ndarray, held: int, needed: int) -> int:
+    """Add train documents to the holdout until it has `needed` tokens, leaving one in train; returns the total.
+
+    Smallest first, but as soon as one document alone closes the gap the smallest such is taken and the loop ends,
+    so the larger documents stay available to close it: the floor is met whenever the documents still in train can
+    meet it with one of them left over.
+    """
+    rest = np.flatnonzero(~in_holdout)
+    rest = rest[np.lexsort((fractions[rest], sizes[rest]))]  # ascending size, ties by hash
+    rest_sizes = sizes[rest]
+    k = 0
+    while held < needed and rest.size - k > 1:
+        j = k + int(np.searchsorted(rest_sizes[k:], needed - held, side="left"))  # smallest that closes the gap
+        if j >= rest.size:  # none does alone: take the smallest and look again
+            j, k = k, k + 1
+        in_holdout[rest[j]], held = True, held + int(rest_sizes[j])
+    return held
 
 
 def split_and_pack(
@@ -129,4 +164,4 @@ def split_and_pack(
 
     train, train_hashes = pack_subset(np.flatnonzero(~mask))
     holdout, holdout_hashes = pack_subset(np.flatnonzero(mask))
-    return SplitPacked(train, holdout, train_hashes, holdout_hashes)
+    return SplitPacked(train, holdout, train_hashes, holdout_hashes, mask)

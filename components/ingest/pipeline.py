@@ -9,6 +9,17 @@ and pack (components.core.packing) -> k-means arms (components.ingest.clustering
 * Atomic: the heavy work happens outside the write lock; the commit is one Lance version plus one record.
 * Bad input is quarantined: the drop is recorded `rejected` with every issue (file, line, reason, fix); the
   sequences are untouched and the other drops of the call go on.
+* Exact deduplication: a document (sha256 of its text) is stored once. Documents a live drop already stored, and
+  repeats inside the drop, are left out before the split (counted in the record's `duplicates`), so a document
+  keeps the split it got first, for good, and no held-out document is ever trained on by a later drop. The lookup
+  reads the memory's document index (components.adapters.documents: its cost per drop and how it scales). It runs
+  before the write lock and again under it when another writer committed meanwhile, so two ingests at once never
+  store one document twice.
+* A drop whose every document is already in the memory is recorded `duplicate` (0 sequences, no memory version
+  written) and reported as such, exit code 0: a producer re-sending data is no error. It is not final: each ingest
+  checks it again (read and hash, no tokenizing), since a rollback can remove the drops that held its documents;
+  an unchanged verdict writes nothing. A drop left with too few new documents for a split is rejected as too small,
+  and the message says how many of its documents were duplicates.
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from components.adapters import documents as doc_index
 from components.adapters.integrity import short_error
-from components.adapters.memory import DropRecord, Memory, sequences_schema
+from components.adapters.memory import DUPLICATE, DropRecord, Memory, sequences_schema
 from components.core.config import Settings
 from components.core.ids import is_drop_id
 from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_and_pack
@@ -37,7 +49,7 @@ TOKENIZE_CHUNK = 256
 @dataclass
 class IngestResult:
     drop_id: str
-    status: str  # ingested | present | refused | rejected | pending | failed
+    status: str  # ingested | present | duplicate | refused | rejected | pending | failed
     message: str = ""
     record: DropRecord | None = None
 
@@ -49,6 +61,7 @@ class IngestResult:
             "message": self.message,
             "version": rec.version if rec else None,
             "sequences": rec.sequences if rec else None,
+            "duplicates": rec.duplicates if rec else None,
         }
 
 
@@ -145,6 +158,53 @@ def _prior(memory: Memory, contents: DropContents) -> IngestResult | None:
     return None  # rejected before, content changed since: try again
 
 
+@dataclass
+class Plan:
+    """What one drop will write, decided against the memory at `version`."""
+
+    version: int
+    keep: list[int]  # indices of the documents to store
+    packed: SplitPacked | None = None
+    clusters: tuple[np.ndarray, np.ndarray] | None = None
+    too_small: str = ""
+
+
+def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
+    """Indices of the documents to store: the first of each hash that no live drop stored yet."""
+    known = memory.known_documents(hashes)
+    keep, seen = [], set()
+    for i, h in enumerate(hashes):
+        if h not in known and h not in seen:
+            seen.add(h)
+            keep.append(i)
+    return keep
+
+
+def plan_drop(memory: Memory, texts: list[str], hashes: list[str], settings: Settings, tokenizer, bars, label) -> Plan:
+    """Deduplicate against the memory, then tokenize, split and pack, and cluster only the new documents."""
+    cfg = settings.ingest
+    plan = Plan(memory.version, new_documents(memory, hashes))
+    if not plan.keep:
+        return plan
+    tokens = tokenize(tokenizer, [texts[i] for i in plan.keep], bars.counter(f"tokenize {label}", len(plan.keep)))
+    try:
+        plan.packed = split_and_pack(
+            tokens,
+            [hashes[i] for i in plan.keep],
+            cfg.context_length,
+            tokenizer.eos_id,
+            tokenizer.pad_id,
+            cfg.holdout_fraction,
+            cfg.min_holdout_sequences,
+        )
+    except DropTooSmall as exc:
+        plan.too_small = str(exc)
+        return plan
+    del tokens  # the packed copy is all that is needed from here; frees ~1x the drop's tokens
+    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+    return plan
+
+
 def ingest_drop(
     memory: Memory, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars: Bars
 ) -> IngestResult:
@@ -161,38 +221,55 @@ def ingest_drop(
         rec.error = contents.error_message()
         return _reject(memory, contents, rec)
     texts = [d.text for d in contents.documents if d.text]  # an empty document would pack as a lone separator
-    tokens = tokenize(tokenizer, texts, bars.counter(f"tokenize {ref.drop_id}", len(texts)))
-    try:
-        packed = split_and_pack(
-            tokens,
-            [doc_hash(t) for t in texts],
-            cfg.context_length,
-            tokenizer.eos_id,
-            tokenizer.pad_id,
-            cfg.holdout_fraction,
-            cfg.min_holdout_sequences,
-        )
-    except DropTooSmall as exc:
-        rec.error = f"{ref.drop_id}: {exc}"
-        return _reject(memory, contents, rec)
-    del tokens, texts  # the packed copy is all that is needed from here; frees ~1x the drop's tokens
-    clusters = assign_clusters(packed.train, packed.holdout, cfg.clusters_per_drop, cfg.seed)
+    hashes = [doc_hash(t) for t in texts]
+    plan = plan_drop(memory, texts, hashes, settings, tokenizer, bars, ref.drop_id)
+    with memory.writer() as mem:
+        prior = _prior(mem, contents)  # another process may have committed it while we packed
+        if prior is not None:
+            return prior
+        if mem.version != plan.version and new_documents(mem, hashes) != plan.keep:  # a drop committed meanwhile
+            plan = plan_drop(mem, texts, hashes, settings, tokenizer, bars, ref.drop_id)
+        rec.duplicates = len(texts) - len(plan.keep)
+        if not plan.keep:
+            return _all_duplicates(mem, rec)
+        if plan.too_small:
+            rec.error = f"{ref.drop_id}: {plan.too_small}"
+            if rec.duplicates:
+                rec.error += f" ({rec.duplicates} of its {len(texts)} documents are already in the memory, left out)"
+            mem.reject_drop(rec)
+            return IngestResult(rec.drop_id, "rejected", rec.error, rec)
+        return _commit(mem, rec, plan, settings, tokenizer, bars, [hashes[i] for i in plan.keep])
+
+
+def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, bars, hashes) -> IngestResult:
+    packed, clusters = plan.packed, plan.clusters
     rec.sequences = len(packed.train.lengths)
     rec.holdout_sequences = len(packed.holdout.lengths)
     rec.tokens = int(packed.train.lengths.sum() + packed.holdout.lengths.sum())
     rec.clusters = int(clusters[0].max()) + 1
     meta = memory_meta(settings, tokenizer)
     schema = sequences_schema(meta)
-    advance = bars.counter(f"write {ref.drop_id}", rec.sequences + rec.holdout_sequences)
-    with memory.writer() as mem:
-        prior = _prior(mem, contents)  # another process may have committed it while we packed
-        if prior is not None:
-            return prior
-        reader = pa.RecordBatchReader.from_batches(
-            schema, record_batches(ref.drop_id, packed, clusters, schema, advance)
-        )
-        mem.commit_drop(reader, rec, meta)
-    return IngestResult(ref.drop_id, "ingested", f"{rec.sequences} train + {rec.holdout_sequences} holdout", rec)
+    advance = bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)
+    reader = pa.RecordBatchReader.from_batches(schema, record_batches(rec.drop_id, packed, clusters, schema, advance))
+    mem.commit_drop(reader, rec, meta, doc_index.rows(rec.drop_id, hashes, packed.doc_in_holdout))
+    message = f"{rec.sequences} train + {rec.holdout_sequences} holdout"
+    if rec.duplicates:
+        message += f", {rec.duplicates} duplicate documents left out"
+    return IngestResult(rec.drop_id, "ingested", message, rec)
+
+
+def _all_duplicates(mem: Memory, rec: DropRecord) -> IngestResult:
+    """Record the verdict (0 sequences, no memory version written) unless the newest record already says so."""
+    message = f"all {rec.duplicates} documents are already in the memory: nothing new to store"
+    last = mem.record(rec.drop_id)
+    same = last is not None and (last.status, last.content_hash, last.duplicates) == (
+        DUPLICATE,
+        rec.content_hash,
+        rec.duplicates,
+    )
+    if not same:
+        mem.reject_drop(rec, status=DUPLICATE)
+    return IngestResult(rec.drop_id, "duplicate", message, last if same else rec)
 
 
 def _reject(memory: Memory, contents: DropContents, rec: DropRecord) -> IngestResult:

@@ -68,15 +68,25 @@ def log_model_version(
             pip_requirements=serving.requirements(),
             metadata=json.loads(json.dumps(dict(meta), default=str)),
             model_config={"device": "auto"},
-            registered_model_name=registered_model,
         )
     client = MlflowClient()
-    version = str(info.registered_model_version)
+    version = str(_register(client, registered_model, info).version)
     unsafe = [p for p in _artifact_files(info.artifact_path) if p.lower().endswith(PICKLE_SUFFIXES)]
     if unsafe:
         client.delete_model_version(registered_model, version)
         raise RegistryError(f"pickle-based files ended up in the logged model: {unsafe}; version {version} deleted")
     return tag_version(client, registered_model, version, meta)
+
+
+def _register(client: MlflowClient, name: str, info: Any) -> ModelVersion:
+    """A new version of `name` from a logged model, through the client: `registered_model_name=` would do the same
+    via `mlflow.register_model`, which prints its progress straight to stderr, past every log configuration."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(name, info.model_uri, run_id=info.run_id, model_id=info.model_id)
 
 
 def tag_version(client: MlflowClient, name: str, version: str, meta: Mapping[str, Any]) -> ModelVersion:

@@ -10,14 +10,18 @@ Choices, where the format leaves room:
   segment starting with `_` or `.` is ignored (Spark's `_SUCCESS`, `.DS_Store`, `.git/`): not read, not
   hashed. Drop directories starting with `_` or `.` are not listed (a producer's staging area).
 - Files in sub-directories are documents too, named relative to the drop with '/'.
-- `*.jsonl` holds one JSON object per line with a string field "text" (other fields are ignored); blank
-  lines are skipped; a file of only blank lines is empty. `*.parquet` needs a string column "text" (large,
-  view and dictionary-encoded strings are accepted). Suffixes match case-insensitively. Every other file is
-  one plain-text document: UTF-8 without NUL bytes, kept exactly as written (no stripping) except that a
-  leading UTF-8 byte-order mark is dropped (also before a JSONL file's first line); a text file of only
-  whitespace counts as empty. An empty string in a "text" field or cell is a valid, empty document.
-- A document's size is the raw JSONL line, the UTF-8 parquet cell or the whole text file, checked against
-  `max_document_bytes` before parsing.
+- JSON lines (`*.jsonl`, `*.ndjson`, `*.jsonlines`, `*.json` such as Spark's `part-*.json`, and any other file
+  whose first line is a JSON object with a field "text") hold one JSON object per line with a string field
+  "text" (other fields are ignored); blank lines are skipped; a file of only blank lines is empty. Any
+  document file may be gzip- or zstd-compressed (recognised by its magic bytes; a `.gz`/`.zst` suffix is dropped
+  to find the format) and is decompressed as a stream: see components.ingest.drops.codecs. `*.parquet` needs a
+  string column "text" (large, view and dictionary-encoded strings are accepted). Suffixes match
+  case-insensitively. Every other file is one plain-text document: UTF-8 without NUL bytes, kept exactly as
+  written (no stripping) except that a leading UTF-8 byte-order mark is dropped (also before a JSONL file's first
+  line); a text file of only whitespace counts as empty. An empty string in a "text" field or cell is a valid,
+  empty document.
+- A document's size is the raw (decompressed) JSONL line, the UTF-8 parquet cell or the whole text file, checked
+  against `max_document_bytes` before parsing.
 - Drop ids must match `DROP_ID_PATTERN` (they become LanceDB tags and file names, so Lance's tag rules apply).
   Names that could leave the drop ('..', '.' or empty segments, absolute paths, backslashes, control characters,
   non-UTF-8 names) and local symlinks resolving outside the drop are reported and never read; symlinks inside are

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import PurePosixPath
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from components.ingest.drops.codecs import DECOMPRESS_ERRORS, codec_of, document_format, lines, open_stream
 from components.ingest.drops.model import MANIFEST, MAX_ISSUES_PER_FILE, Document, DropManifest, FileIssues
 
 BOM = b"\xef\xbb\xbf"
 FIX_JSONL = 'make each line one JSON object with a string field "text"'
 FIX_UTF8 = "save the file as UTF-8"
-FIX_BINARY = "remove the binary file: only .jsonl, .parquet and UTF-8 text files belong in a drop"
+FIX_BINARY = (
+    "remove the binary file: only JSON lines (.jsonl, .ndjson, .json), .parquet and UTF-8 text files, each "
+    "gzip- or zstd-compressed or not, belong in a drop"
+)
+FIX_COMPRESSED = "upload the file again: its compressed data is damaged or cut off"
+FIX_COMPRESSED_PARQUET = "write the parquet file uncompressed outside; parquet compresses its pages itself"
 FIX_EMPTY = "remove the empty file or put documents in it"
 FIX_SIZE = "split the document, or raise ingest.max_document_bytes"
 FIX_PARQUET = 'write a parquet file with a string column "text"'
@@ -34,10 +40,19 @@ Parsed = tuple[list[Document], FileIssues]
 
 
 def parse_document_file(name: str, data: bytes, max_document_bytes: int) -> Parsed:
-    """Dispatch on the suffix: .jsonl and .parquet are structured, anything else is one text document."""
-    suffix = PurePosixPath(name).suffix.lower()
-    parser = {".jsonl": parse_jsonl, ".parquet": parse_parquet}.get(suffix, parse_text)
-    return parser(name, data, max_document_bytes)
+    """JSON lines, parquet or one text document, gzip/zstd-compressed or not (components.ingest.drops.codecs)."""
+    codec = codec_of(data)
+    kind = document_format(name, data, codec, max_document_bytes)
+    if codec is None:
+        parser = {"jsonl": parse_jsonl, "parquet": parse_parquet}.get(kind, parse_text)
+        return parser(name, data, max_document_bytes)
+    if kind == "parquet":
+        issues = FileIssues(name)
+        issues.add(None, f"{codec}-compressed parquet file", FIX_COMPRESSED_PARQUET)
+        return [], issues
+    if kind == "jsonl":
+        return _jsonl_lines(name, open_stream(data, codec), max_document_bytes, codec)
+    return _compressed_text(name, open_stream(data, codec), max_document_bytes, codec)
 
 
 def _too_big(size: int, limit: int, what: str) -> str:
@@ -49,23 +64,44 @@ def _line_of(data: bytes, offset: int) -> int:
 
 
 def parse_jsonl(name: str, data: bytes, max_document_bytes: int) -> Parsed:
-    issues, documents = FileIssues(name), []
     if not data.strip():
+        issues = FileIssues(name)
         issues.add(None, "empty file: only blank lines" if data else "empty file", FIX_EMPTY)
-        return documents, issues
-    if (nul := data.find(b"\0")) >= 0:  # compressed or binary data named .jsonl: one issue, not one per line
+        return [], issues
+    if (nul := data.find(b"\0")) >= 0:  # binary data named .jsonl: one issue, not one per line
+        issues = FileIssues(name)
         issues.add(_line_of(data, nul), "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
+        return [], issues
+    return _jsonl_lines(name, open_stream(data, None), max_document_bytes, None)
+
+
+def _jsonl_lines(name: str, stream: BinaryIO, max_document_bytes: int, codec: str | None) -> Parsed:
+    """Parse JSON lines as they stream out of `stream` (decompressed, for a compressed file)."""
+    issues, documents, seen = FileIssues(name), [], False
+    number = 0
+    try:
+        for number, raw, size in lines(stream, max_document_bytes):
+            if number == 1 and raw is not None:
+                raw = raw.removeprefix(BOM)
+            if raw is not None and not raw.strip():
+                continue
+            seen = True
+            if issues.full:
+                issues.stop(f"line {number} and later")
+                break
+            if raw is None:  # measured before parsing, so a huge line costs no JSON work
+                issues.add(number, _too_big(size, max_document_bytes, "the line"), FIX_SIZE)
+            elif b"\0" in raw:  # only possible in decompressed data; the raw file was checked whole
+                issues.add(number, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
+                break
+            elif (text := _jsonl_text(raw, number, issues)) is not None:
+                documents.append(Document(text, name, number))
+    except DECOMPRESS_ERRORS as exc:
+        where = f" after line {number}" if number else ""
+        issues.add(None, f"damaged {codec} data{where}: {str(exc).rstrip('.')}", FIX_COMPRESSED)
         return documents, issues
-    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        if issues.full:
-            issues.stop(f"line {number} and later")
-            break
-        if len(raw) > max_document_bytes:  # measured before parsing, so a huge line costs no JSON work
-            issues.add(number, _too_big(len(raw), max_document_bytes, "the line"), FIX_SIZE)
-        elif (text := _jsonl_text(raw, number, issues)) is not None:
-            documents.append(Document(text, name, number))
+    if not seen:
+        issues.add(None, f"empty file: no JSON lines after {codec} decompression", FIX_EMPTY)
     return documents, issues
 
 
@@ -127,6 +163,22 @@ def parse_text(name: str, data: bytes, max_document_bytes: int) -> Parsed:
         issues.add(_line_of(body, exc.start), f"invalid UTF-8 (byte 0x{bad:02x})", FIX_UTF8)
         return [], issues
     return ([] if issues else [Document(text, name, None)]), issues
+
+
+def _compressed_text(name: str, stream: BinaryIO, max_document_bytes: int, codec: str) -> Parsed:
+    """One text document from a compressed file, decompressed at most one byte past the size limit."""
+    try:
+        body = stream.read(max_document_bytes + 1)
+    except DECOMPRESS_ERRORS as exc:
+        issues = FileIssues(name)
+        issues.add(None, f"damaged {codec} data: {str(exc).rstrip('.')}", FIX_COMPRESSED)
+        return [], issues
+    if len(body) > max_document_bytes:
+        issues = FileIssues(name)
+        reason = f"the decompressed file is over max_document_bytes={max_document_bytes:,} bytes"
+        issues.add(None, reason, FIX_SIZE)
+        return [], issues
+    return parse_text(name, body, max_document_bytes)
 
 
 def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
