@@ -102,6 +102,6 @@ def refresh(
                 drop_id,
                 version,
                 "PROMOTED to champion" if report.promote else "rejected",
-                report.forgetting_avg,
+                "n/a" if report.forgetting_avg is None else f"{report.forgetting_avg:.4f}",
             )
         return reports

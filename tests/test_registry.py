@@ -350,3 +350,22 @@ def test_against_a_real_mlflow_server(mlflow_server, tiny, tmp_path, clean_mlflo
     source = mlflow.data.get_source(client.get_run(run.info.run_id).inputs.dataset_inputs[0])
     assert (source.uri, source.version) == ("s3://bucket/memory", 4)
     assert not (tmp_path / "amr" / "mlflow.db").exists()  # nothing went to the local default store
+
+
+def test_an_unreachable_tracking_server_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from components.cli import app
+    from tests.conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cfg = settings_for(tmp_path / "home")
+    cfg.mlflow.tracking_uri = dead
+    with pytest.raises(registry.RegistryError, match=f"MLflow tracking server {dead} did not answer.*Fix: start it"):
+        registry.configure(cfg)
+    monkeypatch.setenv("AMR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AMR_MLFLOW__TRACKING_URI", dead)
+    res = CliRunner().invoke(app, ["promote", "1"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"MLflow tracking server {dead} did not answer" in said and "Traceback" not in said

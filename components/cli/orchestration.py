@@ -45,6 +45,7 @@ def _run_refresh(
     """The refresh flow, with Prefect's and MLflow's INFO lines in $AMR_HOME/logs/refresh.log (components/cli/logs)
     and, without PREFECT_API_URL, a temporary Prefect server that dies with this process (components/cli/ephemeral)."""
     from components.adapters.locks import refresh_lock
+    from components.adapters.registry.tracking import RegistryError
     from components.cli.ephemeral import ServerStartError, temporary_server
     from components.cli.logs import library_logs_to, refresh_log
     from flows.refresh import refresh as refresh_flow
@@ -57,7 +58,7 @@ def _run_refresh(
     log = library_logs_to(refresh_log(cfg.home))
     out.print(f"[dim]Prefect's and MLflow's log lines go to {log}[/dim]", highlight=False)
     params = ctx.find_root().obj
-    with exits_on(ServerStartError), temporary_server():  # a busy refresh lock exits 3, a dead server 1
+    with exits_on(ServerStartError, RegistryError), temporary_server():  # a busy refresh lock exits 3, a dead server 1
         return refresh_flow(
             source=source,
             params=str(params) if params else None,
@@ -114,8 +115,8 @@ def promote(
     from components.evaluation.gate import override
 
     cfg = settings(ctx)
-    registry.configure(cfg)
     with exits_on(registry.RegistryError, registry.MlflowException), refresh_lock(cfg.home):
+        registry.configure(cfg)
         mv = registry.set_champion(
             registry.client(),
             cfg.mlflow.registered_model,
@@ -133,8 +134,8 @@ def rollback_model(ctx: typer.Context) -> None:
     from components.adapters.locks import refresh_lock
 
     cfg = settings(ctx)
-    registry.configure(cfg)
     with exits_on(registry.RegistryError, registry.MlflowException), refresh_lock(cfg.home):
+        registry.configure(cfg)
         mv = registry.rollback_champion(registry.client(), cfg.mlflow.registered_model)
     out.print(f"{cfg.mlflow.registered_model}: champion is back to version {mv.version}")
 

@@ -42,6 +42,9 @@ def configure(settings: Settings) -> str:
 
     The URI is `mlflow.tracking_uri`, else the user's MLFLOW_TRACKING_URI, else SQLite under AMR_HOME. A local
     store keeps its artifacts under AMR_HOME/mlartifacts, so everything of one home stays in one directory.
+    Requests to a tracking server are retried by MLflow itself (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7, with
+    exponential backoff: a server restarting for seconds or a few minutes is ridden out); one that still does not
+    answer is a `RegistryError` of one line.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per-file bars drown the flow's log
     home = Path(settings.home).expanduser().resolve()
@@ -58,7 +61,18 @@ def configure(settings: Settings) -> str:
     _ENV.update(user=env, exported=uri)
     name = settings.mlflow.experiment
     client = MlflowClient()
-    if client.get_experiment_by_name(name) is None:
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except MlflowException as exc:
+        if local:
+            raise
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise RegistryError(
+            f"MLflow tracking server {redact(uri)} did not answer after MLflow's retries ({first}). Fix: start it "
+            "(`make stack` runs one), or point MLFLOW_TRACKING_URI / mlflow.tracking_uri at a running server; "
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES and _BACKOFF_FACTOR set how long amr waits for one that restarts."
+        ) from None
+    if experiment is None:
         location = (home / "mlartifacts").as_uri() if local else None
         try:
             client.create_experiment(name, artifact_location=location)
