@@ -38,7 +38,8 @@ from common import (
     write_results,
 )
 
-from components.adapters.memory import DropRecord, Memory, sequences_schema
+from components.adapters.memory import Memory
+from components.adapters.records import DropRecord, sequences_schema
 from components.core.config import Settings, load_settings
 from components.core.packing import doc_hash, split_and_pack
 from components.core.text import load_tokenizer

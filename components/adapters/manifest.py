@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components.adapters.memory import INGESTED, Memory
+from components.adapters.memory import Memory
+from components.adapters.records import INGESTED, DropIndex, DropRecord
 from components.core.files import atomic_write
 from components.core.ids import is_drop_id
 
 MANIFEST_FILE = "memory.lock.json"
 MANIFEST_FORMAT = 1
 HASH_COLUMNS = ("drop_id", "split", "position", "length", "cluster", "doc_hash", "tokens")
+STRING_COLUMNS = ("drop_id", "split", "doc_hash")  # ids, split names, hex hashes: no value holds a NUL
+HASH_BLOCK = 1 << 22  # values per sha256 update
 
 
 class ManifestError(RuntimeError):
@@ -34,16 +39,34 @@ class ManifestError(RuntimeError):
 
 def rows_digest(rows: pa.Table) -> str:
     """sha256 over the columns of `rows` in HASH_COLUMNS order, each as fixed-width little-endian values."""
-    h = hashlib.sha256(str(rows.num_rows).encode())
+    columns = {}
     for name in HASH_COLUMNS:
         col = rows.column(name).combine_chunks()
-        h.update(b"\0" + name.encode() + b"\0")
         if pa.types.is_fixed_size_list(col.type):
-            h.update(col.flatten().to_numpy().astype("<i4").tobytes())
-        elif pa.types.is_string(col.type):
-            h.update("\0".join(col.to_pylist()).encode())  # no value holds a NUL: ids, split names, hex hashes
+            columns[name] = [col.flatten().to_numpy()]
         else:
-            h.update(col.to_numpy().astype("<i8").tobytes())
+            columns[name] = [col.to_pylist() if pa.types.is_string(col.type) else col.to_numpy()]
+    return columns_digest(rows.num_rows, columns)
+
+
+def columns_digest(num_rows: int, columns: dict[str, list[Sequence]]) -> str:
+    """`rows_digest` of rows given column by column, each column as chunks in row order (lists of str, arrays).
+
+    Ingest hashes a drop's rows from its packed arrays this way (components.ingest.rows), without building the
+    sorted table; the bytes fed to sha256 are the same, so the digests are equal (tests/test_bookkeeping.py).
+    """
+    h = hashlib.sha256(str(num_rows).encode())
+    for name in HASH_COLUMNS:
+        h.update(b"\0" + name.encode() + b"\0")
+        chunks = columns[name]
+        if name in STRING_COLUMNS:
+            h.update("\0".join(v for chunk in chunks for v in chunk).encode())  # no value holds a NUL
+            continue
+        dtype = "<i4" if name == "tokens" else "<i8"
+        for chunk in chunks:
+            flat = np.asarray(chunk).reshape(-1)
+            for start in range(0, flat.size, HASH_BLOCK):  # bounded copies: a drop's tokens are hashed in blocks
+                h.update(flat[start : start + HASH_BLOCK].astype(dtype).tobytes())
     return h.hexdigest()
 
 
@@ -68,14 +91,51 @@ def content_hash(meta: dict | None, digests: dict[str, tuple[int, str]]) -> str:
     return h.hexdigest()
 
 
-def build_manifest(memory: Memory) -> dict[str, Any]:
-    """The lock of the memory as readers see it, checked against its drop records."""
-    version, live = memory.version, memory.live()
-    digests = drop_digests(memory, version) if version > 0 else {}
-    if sorted(digests) != sorted(r.drop_id for r in live):
+def _hash_drop(memory: Memory, version: int, drop: str) -> tuple[int, str]:
+    """Rows and digest of one drop read back from the table at `version` (reads that drop's rows)."""
+    dataset = memory.table(version).to_lance()
+    rows = dataset.to_table(columns=list(HASH_COLUMNS), filter=f"drop_id = '{drop}'")
+    return rows.num_rows, rows_digest(rows.sort_by([("split", "ascending"), ("position", "ascending")]))
+
+
+def stored_digests(memory: Memory, records: list[DropRecord], version: int) -> dict[str, tuple[int, str]]:
+    """Rows and digest of each record's drop as stored in its record at ingest: O(number of drops), no row read.
+
+    A drop ingested before its digest was recorded (issue 11 item 3) is hashed from the table at `version`, once:
+    a live drop's digest is then stored (Memory.store_digests), so the next lock reads it from the record.
+    """
+    out = {r.drop_id: (r.sequences + r.holdout_sequences, r.rows_hash) for r in records if r.rows_hash}
+    missing = [r for r in records if not r.rows_hash]
+    if missing:
+        for rec in missing:
+            if not is_drop_id(rec.drop_id):
+                raise ManifestError(f"the memory records an invalid drop id {rec.drop_id!r}; it was not written by amr")
+            out[rec.drop_id] = _hash_drop(memory, version, rec.drop_id)
+        memory.store_digests({r.drop_id: (r.version, out[r.drop_id][1]) for r in missing})
+    return out
+
+
+def check_fragments(memory: Memory, records: list[DropRecord], version: int) -> None:
+    """The table at `version` holds exactly the records' fragments with their row counts (read from the Lance
+    manifest, no data file); skipped when a record predates its fragment list (the digests then came from rows)."""
+    indexes = [DropIndex.of(r) for r in records]
+    if any(i is None for i in indexes):
+        return
+    want = sorted(f for i in indexes for f in i.fragments)
+    have = sorted((f.fragment_id, f.metadata.physical_rows) for f in memory.table(version).to_lance().get_fragments())
+    if have != want:
         raise ManifestError(
-            f"memory version {version} holds rows of {sorted(digests)} but its records say {memory.ingested()}"
+            f"memory version {version} at {memory.uri} holds fragments {have[:8]}, but the records of "
+            f"{sorted(r.drop_id for r in records)} say {want[:8]}"
         )
+
+
+def build_manifest(memory: Memory) -> dict[str, Any]:
+    """The lock of the memory as readers see it, from the digests stored in its drop records (no row read)."""
+    version, live = memory.version, memory.live()
+    if version > 0:
+        check_fragments(memory, live, version)
+    digests = stored_digests(memory, live, version) if version > 0 else {}
     meta = memory.meta()
     drops = [
         {
@@ -97,6 +157,18 @@ def build_manifest(memory: Memory) -> dict[str, Any]:
     }
 
 
+def verify_digests(memory: Memory) -> list[str]:
+    """Re-hash every live drop's rows (`amr memory lock --verify`); the drops whose rows no longer match the digest
+    stored in their record (a full read of the memory version; the lock itself never needs it)."""
+    version, live = memory.version, memory.live()
+    if version == 0:
+        return []
+    hashed = drop_digests(memory, version)
+    stored = {r.drop_id: (r.sequences + r.holdout_sequences, r.rows_hash) for r in live if r.rows_hash}
+    extra = sorted(set(hashed) - {r.drop_id for r in live})
+    return extra + sorted(d for d, digest in stored.items() if hashed.get(d) != digest)
+
+
 def manifest_bytes(lock: dict[str, Any]) -> bytes:
     """Sorted keys and a final newline: the same lock is always the same bytes (and diffs well in git)."""
     return (json.dumps(lock, indent=2, sort_keys=True) + "\n").encode()
@@ -110,16 +182,25 @@ def write_manifest(memory: Memory, path: Path) -> dict[str, Any]:
 
 
 def prove(memory: Memory, lock: dict[str, Any]) -> None:
-    """Raise unless the memory holds the lock's version with exactly the lock's rows."""
+    """Raise unless the memory holds the lock's version with exactly the lock's rows.
+
+    From the drop records (each commit's stored row digest) and the Lance manifest of that version (its fragments):
+    O(number of drops). `amr memory --verify` re-reads the rows themselves.
+    """
     version = int(lock["memory_version"])
-    commits = {(r.drop_id, r.version) for r in memory.records() if r.status == INGESTED}
+    commits = {(r.drop_id, r.version): r for r in memory.records() if r.status == INGESTED}
     unknown = [f"{d['drop_id']}@{d['version']}" for d in lock["drops"] if (d["drop_id"], d["version"]) not in commits]
     if unknown:
         raise ManifestError(f"the memory at {memory.uri} never committed {unknown}: is it another memory?")
     if version == 0:
         return
+    records = [commits[(d["drop_id"], d["version"])] for d in lock["drops"]]
     try:
-        digests = drop_digests(memory, version)
+        memory.table(version)  # raises MemoryStoreError when the version is gone
+        check_fragments(memory, records, version)
+        digests = stored_digests(memory, records, version)
+    except ManifestError:
+        raise
     except Exception as exc:
         raise ManifestError(f"memory version {version} cannot be read at {memory.uri}: {exc}") from exc
     if content_hash(lock["meta"], digests) != lock["content_hash"]:

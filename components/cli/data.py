@@ -149,15 +149,27 @@ def memory_versions(ctx: typer.Context, as_json: bool = typer.Option(False, "--j
 def memory_lock(
     ctx: typer.Context,
     out_file: Path = typer.Option(Path("memory.lock.json"), "--out", help="Lock file to write (kept in git)."),
+    verify: bool = typer.Option(
+        False, "--verify", help="First re-hash every row and compare with the digests stored at ingest (reads it all)."
+    ),
 ) -> None:
-    """Write the memory's lock file: version, live drops and the content hash of every row (DVC ingest stage)."""
-    from components.adapters.manifest import ManifestError, write_manifest
+    """Write the memory's lock file: version, live drops and the content hash of every row (DVC ingest stage).
+
+    The hash combines each drop's row digest stored at ingest (O(number of drops)); --verify re-reads the rows."""
+    from components.adapters.manifest import ManifestError, verify_digests, write_manifest
     from components.adapters.memory import Memory, MemoryStoreError
     from components.adapters.s3 import S3Unavailable
 
     cfg = settings(ctx)
     with exits_on(MemoryStoreError, ManifestError, S3Unavailable):
-        lock = write_manifest(Memory.open(cfg), out_file)
+        memory = Memory.open(cfg)
+        bad = verify_digests(memory) if verify else []
+        if bad:
+            raise ManifestError(
+                f"{memory.uri}: the rows of {bad} no longer match the digests recorded at ingest; lock not written. "
+                "Fix: `amr memory --verify` names the damaged files; roll back or re-ingest into a new memory."
+            )
+        lock = write_manifest(memory, out_file)
     out.print(
         f"{out_file}: memory version {lock['memory_version']}, {len(lock['drops'])} drops, {lock['rows']} rows, "
         f"content {lock['content_hash'][:12]}",

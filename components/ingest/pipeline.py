@@ -2,7 +2,7 @@
 
 Per drop: read + validate (components.ingest.drops) -> tokenize (components.core.text) -> split by document hash
 and pack (components.core.packing) -> k-means arms (components.ingest.clustering) -> one LanceDB commit
-(components.adapters.memory).
+(components.adapters.memory), with its row digest and row-id index (components.ingest.rows).
 
 * Idempotent: a drop already ingested with the same content hash is reported `present` and nothing is written.
   The same id with other content is `refused` (drops are immutable; publish a new drop id instead).
@@ -24,7 +24,7 @@ and pack (components.core.packing) -> k-means arms (components.ingest.clustering
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,15 +34,16 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progres
 
 from components.adapters import documents as doc_index
 from components.adapters.integrity import short_error
-from components.adapters.memory import DUPLICATE, DropRecord, Memory, sequences_schema
+from components.adapters.memory import Memory
+from components.adapters.records import DUPLICATE, DropRecord, sequences_schema
 from components.core.config import Settings
 from components.core.ids import is_drop_id
 from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_and_pack
 from components.core.text import Tokenizer, load_tokenizer
 from components.ingest.clustering import assign_clusters
 from components.ingest.drops import DropContents, DropRef, DropSource, invalid_id_issue, open_source, read_drop
+from components.ingest.rows import bookkeeping, record_batches
 
-BATCH_ROWS = 4096
 TOKENIZE_CHUNK = 256
 
 
@@ -99,33 +100,6 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], advance: Callable[[int], No
         out.extend(tokenizer.encode_batch(chunk))
         advance(len(chunk))
     return out
-
-
-def record_batches(
-    drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], schema: pa.Schema, advance
-) -> Iterator[pa.RecordBatch]:
-    """The drop's rows as record batches, so the single Lance commit streams and shows progress."""
-    width = schema.field("tokens").type.list_size
-    for split, part, cluster, hashes in (
-        ("train", packed.train, clusters[0], packed.train_doc_hashes),
-        ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes),
-    ):
-        for start in range(0, len(part.lengths), BATCH_ROWS):
-            stop = min(start + BATCH_ROWS, len(part.lengths))
-            flat = pa.array(part.tokens[start:stop].reshape(-1).astype(np.int32), pa.int32())
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array([drop_id] * (stop - start), pa.string()),
-                    pa.array([split] * (stop - start), pa.string()),
-                    pa.array(np.arange(start, stop, dtype=np.int32)),
-                    pa.FixedSizeListArray.from_arrays(flat, width),
-                    pa.array(part.lengths[start:stop].astype(np.int32)),
-                    pa.array(cluster[start:stop].astype(np.int32)),
-                    pa.array(hashes[start:stop], pa.string()),
-                ],
-                schema=schema,
-            )
-            advance(stop - start)
 
 
 def memory_meta(settings: Settings, tokenizer: Tokenizer) -> dict:
@@ -247,6 +221,7 @@ def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokeni
     rec.holdout_sequences = len(packed.holdout.lengths)
     rec.tokens = int(packed.train.lengths.sum() + packed.holdout.lengths.sum())
     rec.clusters = int(clusters[0].max()) + 1
+    bookkeeping(rec, packed, clusters)  # the row digest and the row-id index, computed once (components.ingest.rows)
     meta = memory_meta(settings, tokenizer)
     schema = sequences_schema(meta)
     advance = bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)

@@ -21,7 +21,7 @@ from components.adapters.memory import Memory
 from components.core.config import Settings
 from components.training.checkpoint import Checkpointer, TorchRNG
 from components.training.model import build_model, load_model, save_model
-from components.training.planner import BatchPlanner
+from components.training.planner import BatchPlanner, planning_rows
 from components.training.prefetch import Prefetcher
 from components.training.ranks import Dist, verify_ranks
 from components.training.trainer import Trainer, pinned
@@ -73,7 +73,8 @@ def train_drop(
         raise ValueError(f"{line.name} has already trained on drop {drop_id}")
     version = memory.version
     seed = settings.train.seed + len(line.trained)  # the same refresh gets the same seed in every process
-    planner = BatchPlanner.build(settings, memory.index(version), line, drop_id, strategy, seed, dist)
+    rows = planning_rows(memory, version, line, drop_id, settings.replay.arms)  # from the drop records: no scan
+    planner = BatchPlanner.build(settings, rows, line, drop_id, strategy, seed, dist)
     budget, sampler = planner.budget, planner.sampler
     model = _starting_model(settings, line, memory.meta())
     trainer = Trainer(model, settings.train, budget.steps, dist=dist)

@@ -4,6 +4,10 @@ Budget ("zero-cost"): plain fine-tuning runs T = ceil(epochs * N_new / B) steps 
 Every strategy runs exactly those T x B sequences: `round(replay_fraction * B)` replay slots per batch once past
 data exists, the rest new data. No strategy spends forward passes outside training: the bandit's signal is the
 replayed rows' own loss from the training forward pass.
+
+The arms and the new drop's rows come from the drops' row-id indexes in their records (`planning_rows`;
+components.adapters.records.DropIndex), so planning costs O(number of arms) reads whatever the memory's size; a
+memory with a drop ingested before those indexes falls back to one scan of every row's (drop, split, cluster).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.adapters.lines import Line
+from components.adapters.memory import Memory
+from components.adapters.records import DropIndex
 from components.core.config import Settings
 from components.core.replay import Arms, NoReplay, ReplaySampler, build_arms, build_sampler
 from components.training.ranks import Dist, Slots, local_slots, rank_rng
@@ -104,23 +110,53 @@ class Plan:
         )
 
 
-def new_rows(index: pa.Table, drop_id: str) -> np.ndarray:
+Rows = pa.Table | dict[str, DropIndex]  # a scanned index (`Memory.index`) or the drops' records (`drop_indexes`)
+
+
+def planning_rows(memory: Memory, version: int, line: Line, drop_id: str, arms: str = "drop") -> Rows:
+    """What planning a refresh reads: the row-id index of the line's drops and the new one from their records
+    (O(number of arms), no row read), or a scan of every stored row when one of them predates those indexes."""
+    wanted = arms == "drop" and version == memory.version  # cluster arms: rows are not grouped by cluster yet
+    indexes = memory.drop_indexes([*line.trained, drop_id]) if wanted else None
+    return indexes if indexes else memory.index(version)
+
+
+def new_rows(index: Rows, drop_id: str) -> np.ndarray:
     """Row ids of the drop's train sequences."""
+    if isinstance(index, dict):
+        return index[drop_id].train() if drop_id in index else np.zeros(0, np.uint64)
     mask = pc.and_(pc.equal(index["drop_id"], drop_id), pc.equal(index["split"], "train"))
     return index.filter(mask).column("_rowid").to_numpy()
 
 
-def build_line_sampler(settings: Settings, index: pa.Table, line: Line, strategy: str, rank: int) -> ReplaySampler:
+def indexed_arms(indexes: dict[str, DropIndex], past: list[str], mode: str) -> Arms:
+    """`build_arms` from the drops' row-id indexes: the same arms, keys and sorted row ids, without a scan."""
+    keys, drops, rows = [], [], []
+    for drop in past:
+        parts = [(drop, indexes[drop].train())] if mode == "drop" else indexes[drop].arms()
+        for part, ids in parts:
+            if ids.size:
+                keys.append(part if mode == "drop" else f"{drop}/{part}")
+                drops.append(drop)
+                rows.append(ids)
+    return Arms(keys, drops, rows)
+
+
+def build_line_sampler(settings: Settings, index: Rows, line: Line, strategy: str, rank: int) -> ReplaySampler:
     """The replay sampler over the line's past drops, with its state carried from the previous refresh.
 
     `NoReplay` (no slot is ever replay) for `none` and for a line with no past drop in `index`.
     """
     cfg = settings.replay.model_copy(update={"strategy": strategy})
-    stored = set(index.column("drop_id").to_pylist())
+    stored = set(index) if isinstance(index, dict) else set(index.column("drop_id").to_pylist())
     past = [d for d in line.trained if d in stored]
     if strategy == "none" or not past:
         return NoReplay(cfg, Arms([], [], []))
-    sampler = build_sampler(cfg, build_arms(index, past, cfg.arms), seed=cfg.seed + rank)
+    if isinstance(index, dict):
+        arms = indexed_arms(index, past, cfg.arms)
+    else:
+        arms = build_arms(index, past, cfg.arms)
+    sampler = build_sampler(cfg, arms, seed=cfg.seed + rank)
     carried = line.state.sampler
     if carried and carried.get("name") == sampler.name:
         sampler.load_state_dict(carried)  # Q values and RNG carry over; new arms join (see replay.base)
@@ -142,7 +178,7 @@ class BatchPlanner:
 
     @classmethod
     def build(
-        cls, settings: Settings, index: pa.Table, line: Line, drop_id: str, strategy: str, seed: int, dist: Dist
+        cls, settings: Settings, index: Rows, line: Line, drop_id: str, strategy: str, seed: int, dist: Dist
     ) -> BatchPlanner:
         sampler = build_line_sampler(settings, index, line, strategy, dist.rank)
         rows = new_rows(index, drop_id)

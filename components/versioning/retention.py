@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 
 from components.adapters import registry
 from components.adapters.locks import refresh_lock
-from components.adapters.memory import DROPS, INGESTED, SEQUENCES, Memory
+from components.adapters.memory import Memory
+from components.adapters.records import DROPS, INGESTED, SEQUENCES
 from components.core.config import Settings
 
 DEFAULT_DAYS = 7.0  # like Lance's own default: a reader that checked out a version a minute ago keeps it

@@ -1,0 +1,88 @@
+"""A drop's rows as ingest writes them, and the bookkeeping computed from them once, at ingest.
+
+Write order (components.adapters.records.DropIndex relies on it): the train rows grouped by cluster, clusters
+ascending and positions ascending inside each cluster, then the holdout rows by position. Every replay arm (drop,
+cluster) is then one contiguous range of row ids, so a refresh gets its arms and the new drop's rows from the drop
+records (O(number of arms)) instead of scanning every stored row. The `position` column keeps each row's place in
+the packed order, so what a row holds, the row digest and the lock file do not depend on the write order.
+
+The row digest (`rows_hash` of the record) is sha256 over the rows in (split, position) order, as
+components.adapters.manifest `rows_digest` computes it from a table: hashed here from the packed arrays, it costs one
+pass over the drop's tokens and no second copy of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from components.adapters.manifest import columns_digest
+from components.adapters.records import DropRecord
+from components.core.packing import SplitPacked
+
+BATCH_ROWS = 4096
+
+
+def train_order(train_clusters: np.ndarray) -> np.ndarray:
+    """Positions of the train rows in write order: by position, as before issue 11 item 3 (grouping them by cluster,
+    which makes every cluster arm one range, changed which rows seeded runs train on; not enabled yet)."""
+    return np.arange(len(train_clusters))
+
+
+def record_batches(
+    drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], schema: pa.Schema, advance
+) -> Iterator[pa.RecordBatch]:
+    """The drop's rows as record batches in write order (see the module docstring), so the commit streams."""
+    width = schema.field("tokens").type.list_size
+    for split, part, cluster, hashes, order in (
+        ("train", packed.train, clusters[0], packed.train_doc_hashes, train_order(clusters[0])),
+        ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, np.arange(len(packed.holdout.lengths))),
+    ):
+        hashes = np.asarray(hashes, dtype=object)
+        for start in range(0, len(part.lengths), BATCH_ROWS):
+            idx = order[start : start + BATCH_ROWS]
+            flat = pa.array(part.tokens[idx].reshape(-1).astype(np.int32), pa.int32())
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array([drop_id] * len(idx), pa.string()),
+                    pa.array([split] * len(idx), pa.string()),
+                    pa.array(idx.astype(np.int32)),
+                    pa.FixedSizeListArray.from_arrays(flat, width),
+                    pa.array(part.lengths[idx].astype(np.int32)),
+                    pa.array(np.asarray(cluster)[idx].astype(np.int32)),
+                    pa.array(hashes[idx].tolist(), pa.string()),
+                ],
+                schema=schema,
+            )
+            advance(len(idx))
+
+
+def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> str:
+    """The drop's row digest, equal to `rows_digest` of its stored rows sorted by (split, position)."""
+    parts = sorted(  # (split, position) order: "holdout" sorts before "train"
+        [
+            ("train", packed.train, clusters[0], packed.train_doc_hashes),
+            ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes),
+        ],
+        key=lambda p: p[0],
+    )
+    n = sum(len(p[1].lengths) for p in parts)
+    columns = {
+        "drop_id": [[drop_id] * n],
+        "split": [[split] * len(part.lengths) for split, part, _, _ in parts],
+        "position": [np.arange(len(part.lengths)) for _, part, _, _ in parts],
+        "length": [part.lengths for _, part, _, _ in parts],
+        "cluster": [cluster for _, _, cluster, _ in parts],
+        "doc_hash": [hashes for _, _, _, hashes in parts],
+        "tokens": [part.tokens for _, part, _, _ in parts],
+    }
+    return columns_digest(n, columns)
+
+
+def bookkeeping(rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> None:
+    """Fill the record's row digest and train rows per cluster (its fragments are added by the commit)."""
+    rec.rows_hash = packed_digest(rec.drop_id, packed, clusters)
+    rec.arm_rows = json.dumps([len(clusters[0])])  # one range: all train rows (DropIndex; arms by drop only)
