@@ -229,7 +229,7 @@ def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokeni
     mem.commit_drop(reader, rec, meta, doc_index.rows(rec.drop_id, hashes, packed.doc_in_holdout))
     message = f"{rec.sequences} train + {rec.holdout_sequences} holdout"
     if rec.duplicates:
-        message += f", {rec.duplicates} duplicate documents left out"
+        message += f", {rec.duplicates} duplicate document{'' if rec.duplicates == 1 else 's'} left out"
     return IngestResult(rec.drop_id, "ingested", message, rec)
 
 
