@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from components.adapters.memory import DropRecord, Memory
+from components.adapters.memory import Memory
+from components.adapters.records import DropRecord
 from components.cli import app
 from components.ingest import ingest_source
 from tests.helpers import jsonl, make_drop, python_docs, settings_for, three_drops

@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from components.adapters.memory import Memory, MemoryCorrupted
+from components.adapters.memory import Memory
+from components.adapters.records import MemoryCorrupted
 from components.cli import app
 from components.ingest import ingest_source
 from components.training.model import WeightsError, build_model, load_model, save_model

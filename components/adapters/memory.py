@@ -27,7 +27,7 @@ from components.adapters import commits, integrity
 from components.adapters import documents as doc_index
 from components.adapters import s3 as s3_io
 from components.adapters.commits import Commits
-from components.adapters.records import (  # also imported from here by older callers
+from components.adapters.records import (
     DROPS,
     INGESTED,
     META_KEYS,

@@ -63,7 +63,8 @@ def verify_memory(cfg: Settings, lock_path: Path) -> str:
     """Memory.verify, then each drop's rows against the lock file's row hashes when it pins this memory version."""
     from components.adapters.integrity import FIX_CORRUPT
     from components.adapters.manifest import drop_digests
-    from components.adapters.memory import Memory, MemoryCorrupted
+    from components.adapters.memory import Memory
+    from components.adapters.records import MemoryCorrupted
 
     memory = Memory.open(cfg)
     report = memory.verify()
@@ -94,7 +95,7 @@ def memory(
     """Show the memory version and every drop (or, with --verify, check that every data file reads back)."""
     if ctx.invoked_subcommand:
         return
-    from components.adapters.memory import MemoryStoreError
+    from components.adapters.records import MemoryStoreError
     from components.adapters.s3 import S3Unavailable
 
     cfg = settings(ctx)
@@ -128,7 +129,8 @@ def memory(
 @memory_app.command("versions")
 def memory_versions(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the memory's LanceDB versions and their tags."""
-    from components.adapters.memory import Memory, MemoryStoreError
+    from components.adapters.memory import Memory
+    from components.adapters.records import MemoryStoreError
     from components.adapters.s3 import S3Unavailable
 
     cfg = settings(ctx)
@@ -157,7 +159,8 @@ def memory_lock(
 
     The hash combines each drop's row digest stored at ingest (O(number of drops)); --verify re-reads the rows."""
     from components.adapters.manifest import ManifestError, verify_digests, write_manifest
-    from components.adapters.memory import Memory, MemoryStoreError
+    from components.adapters.memory import Memory
+    from components.adapters.records import MemoryStoreError
     from components.adapters.s3 import S3Unavailable
 
     cfg = settings(ctx)

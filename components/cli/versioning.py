@@ -20,7 +20,7 @@ def rollback(
     """Restore the drops (DVC) and the memory (its version recorded at REV) to revision REV, proven by hash."""
     from components.adapters.dvcrepo import RepoError
     from components.adapters.manifest import ManifestError
-    from components.adapters.memory import MemoryStoreError
+    from components.adapters.records import MemoryStoreError
     from components.versioning.rollback import rollback as do_rollback
 
     cfg = settings(ctx)
