@@ -111,7 +111,7 @@ def test_two_ingests_at_once_never_corrupt_the_memory(tmp_path):
         amr("ingest", "--json", str(tmp_path / src), home=home, cwd=tmp_path) for src in ("shared", "shared", "other")
     ]
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [e.decode()[-1500:] for _, e in outs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [(o.decode()[-1500:], e.decode()[-1500:]) for o, e in outs]
     statuses = [sorted((r["drop_id"], r["status"]) for r in json.loads(o)["results"]) for o, _ in outs[:2]]
     for drop in ("d1-code", "d2-licenses", "d3-docs"):  # each shared drop ingested by exactly one process
         assert sorted(dict(s)[drop] for s in statuses) == ["ingested", "present"]

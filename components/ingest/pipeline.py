@@ -196,13 +196,16 @@ def ingest_drop(
         return _reject(memory, contents, rec)
     texts = [d.text for d in contents.documents if d.text]  # an empty document would pack as a lone separator
     hashes = [doc_hash(t) for t in texts]
-    plan = plan_drop(memory, texts, hashes, settings, tokenizer, bars, ref.drop_id)
+    try:  # planned before taking the write lock, so another ingest can commit while this one tokenizes and packs
+        plan = plan_drop(memory, texts, hashes, settings, tokenizer, bars, ref.drop_id)
+    except Exception:  # e.g. read while another writer was creating the document index: planned again, locked,
+        plan = None  # where a real error is raised again
     with memory.writer() as mem:
         prior = _prior(mem, contents)  # another process may have committed it while we packed
         if prior is not None:
             return prior
-        if mem.version != plan.version and new_documents(mem, hashes) != plan.keep:  # a drop committed meanwhile
-            plan = plan_drop(mem, texts, hashes, settings, tokenizer, bars, ref.drop_id)
+        if plan is None or (mem.version != plan.version and new_documents(mem, hashes) != plan.keep):
+            plan = plan_drop(mem, texts, hashes, settings, tokenizer, bars, ref.drop_id)  # a drop committed meanwhile
         rec.duplicates = len(texts) - len(plan.keep)
         if not plan.keep:
             return _all_duplicates(mem, rec)
