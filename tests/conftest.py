@@ -120,3 +120,19 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
         except OSError:
             time.sleep(0.25)
     raise TimeoutError(f"mlflow server at {url} not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+SMOLLM2_TOKENIZER = Path(__file__).parent / "fixtures" / "smollm2-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory) -> Path:
+    """The real SmolLM2 BPE tokenizer (49,152 tokens) as a Hugging Face directory, unpacked once per test run."""
+    import gzip
+    import shutil
+
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    with gzip.open(SMOLLM2_TOKENIZER / "tokenizer.json.gz", "rb") as src, open(out / "tokenizer.json", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    shutil.copy(SMOLLM2_TOKENIZER / "tokenizer_config.json", out / "tokenizer_config.json")
+    return out
