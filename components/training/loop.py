@@ -131,13 +131,17 @@ def train_drop(
     }
     result.ranks = verify_ranks(dist, model, sampler_state, rows)
     if dist.is_main:
-        line.commit_training(drop_id, version, lambda path: save_model(model, path), sampler_state, result.record())
+        origin = settings.train.model if not line.trained else None
+        line.commit_training(
+            drop_id, version, lambda path: save_model(model, path), sampler_state, result.record(), origin=origin
+        )
     dist.barrier()  # the line is committed before any rank returns
     return result
 
 
 def _starting_model(settings: Settings, line: Line, meta: dict) -> torch.nn.Module:
-    """The line's latest weights, or a fresh model sized to the memory's tokenizer for the line's first drop."""
+    """The line's latest weights; for the line's first drop, a built-in model sized to the memory's tokenizer or the
+    pretrained model of `train.model`, loaded exactly as saved (model.py refuses files that lack a weight)."""
     if line.model_dir:
         return load_model(line.model_dir)
     return build_model(settings.train, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])
