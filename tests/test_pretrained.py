@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
 
 from components.core.config import TrainConfig
 from components.core.metrics import BASE_ROW
@@ -190,6 +191,7 @@ def refresh_env(tmp_path, monkeypatch, pretrained):
 @pytest.mark.slow
 def test_a_refresh_continues_the_pretrained_model(refresh_env, pretrained):
     from components.adapters.lines import Line
+    from components.cli import app
     from components.core.config import load_settings
     from components.refresh.report import write_stage_outputs
     from flows.refresh import refresh
@@ -226,5 +228,7 @@ def test_a_refresh_continues_the_pretrained_model(refresh_env, pretrained):
     # not re-initialised: the very first step's loss is the base model's, far below a fresh model's ln(V)
     first_loss = client.get_metric_history(d1.info.run_id, "train/loss")[0].value
     assert first_loss < base["d1-licenses"] + 0.5 and first_loss < math.log(VOCAB) - 2, (first_loss, base)
+    res = CliRunner().invoke(app, ["evaluate"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "(base)" in res.output and "vs base  d1-licenses" in res.output, res.output
     metrics = write_stage_outputs(load_settings(), "main", refresh_env / "metrics")
     assert set(metrics["vs_base"]) == {"d1-licenses", "d2-code"} and metrics["base_loss"] == pytest.approx(base)

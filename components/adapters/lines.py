@@ -75,11 +75,7 @@ class LineState(BaseModel):
     loss_matrix: dict[str, Any] | None = Field(None, description="L[t][j], as LossMatrix.to_dict() writes it")
     rolled_back_to: str | None = Field(None, description="data rollback not yet recorded on an MLflow run")
     progress: dict[str, DropProgress] = Field(default_factory=dict, description="each drop's refresh phase")
-    origin: str | None = Field(
-        None,
-        description="`train.model` the line's first drop started from: a built-in name, or the pretrained model "
-        "directory whose held-out losses are the loss matrix's `(base)` row (None in state files older than it)",
-    )
+    origin: str | None = Field(None, description="`train.model` of the first drop: a built-in name or the base model")
 
     @field_validator("trained")
     @classmethod

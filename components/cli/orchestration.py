@@ -30,6 +30,10 @@ def _print_reports(reports: list[DropReport]) -> None:
         )
     out.print(table)
     for r in reports:
+        if r.vs_base:  # a pretrained line: each drop's loss against the base model's
+            cells = "  ".join(f"{d} {'-' if v is None else f'{v:+.2%}'}" for d, v in r.vs_base.items())
+            out.print(f"{r.drop_id} vs base: {cells}", highlight=False)
+    for r in reports:
         failed = [x for x in r.reasons if x.startswith(("fail", "reject"))]
         if failed:
             out.print(f"[red]{r.drop_id}[/red]: " + "; ".join(failed), highlight=False)

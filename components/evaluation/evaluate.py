@@ -152,7 +152,13 @@ def measure_base(settings: Settings, memory: Memory, line: Line, matrix: LossMat
         return matrix
     meta = memory.meta()
     cfg = settings.train.model_copy(update={"model": origin})
-    base = build_model(cfg, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])
+    try:
+        base = build_model(cfg, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"line {line.name}: its base model {origin} (the `(base)` row of its loss matrix, measured on each new "
+            f"drop) does not load: {exc}. Fix: put that model back, or train a new line (--line) from another one"
+        ) from None
     losses, _ = held_out(base, memory, memory.version, lacking, settings)
     return matrix.set_base(losses)
 
