@@ -219,9 +219,9 @@ def gate_step(settings: Settings, line: Line, drop_id: str, ev: Evaluation, vers
     The baseline is the champion; with none yet, the base model of a line that continues a pretrained model (its
     `(base)` row: what the line started from is what a first champion must beat), else the newest version a gate
     judged before (so a first champion is still compared with something whenever something exists); with none of
-    them, the first-champion rule. On a rerun
-    after a kill that came after the aliases moved, the champion is this very version: the baseline is then the
-    `previous` alias it replaced, so the decision is derived again from what it was first derived from."""
+    them, the first-champion rule. On a rerun after a kill that came after the aliases moved, the champion is this
+    very version: the baseline is then the `previous` alias it replaced (or, for a first champion, the base again),
+    so the decision is derived again from what it was first derived from."""
     registry.configure(settings)
     client, name = registry.client(), settings.mlflow.registered_model
     champion_mv = registry.champion_version(client, name)
