@@ -77,7 +77,7 @@ def _row_losses(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Ten
     """Summed next-token loss and number of predicted tokens per row; positions >= length are padding."""
     positions = torch.arange(tokens.shape[1], device=tokens.device)
     mask = positions[None, :] < lengths[:, None]
-    logits = model(input_ids=tokens, attention_mask=mask.long()).logits
+    logits = model(input_ids=tokens, attention_mask=mask.long(), use_cache=False).logits  # no KV cache to keep
     targets = tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE)
     losses = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=IGNORE
