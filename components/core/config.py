@@ -255,6 +255,6 @@ def resolve_model_names(settings: Settings) -> None:
         elif not Path(value).is_dir():
             raise ConfigError(
                 f"{dotted} = {value!r}: no model named {value!r} in {models_dir(settings.home)} (and no such "
-                f"directory). Import it first: `amr model import SOURCE --name {value}`, or use one of "
+                f"directory). Import it first: `amr model import SOURCE --name {value}`, or use "
                 f"{', '.join(repr(b) for b in built_in)} or a directory path."
             )
