@@ -161,3 +161,26 @@ def test_training_a_model_that_does_not_fit_the_memory_is_refused(tmp_path, real
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "embeds 400 token ids" in proc.stderr and mine["sha256"][:12] in proc.stderr
+
+
+def test_evaluation_bounds_the_logits_of_one_forward(monkeypatch):
+    """32 rows of 4096 tokens with a 49k vocabulary would hold 26 GB of logits: rows go fewer per forward instead."""
+    import torch
+
+    from components.training import trainer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=300)
+    )
+    tokens = torch.randint(0, 300, (8, 40))
+    lengths = torch.tensor([40, 30, 40, 12, 40, 40, 5, 40])
+    rows_seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    whole = trainer.per_sample_loss(model, tokens, lengths, "cpu", batch_size=8)
+    assert rows_seen == [8]
+    monkeypatch.setattr(trainer, "LOGITS_PER_FORWARD", 3 * 40 * 300)  # room for three rows' logits
+    rows_seen.clear()
+    bounded = trainer.per_sample_loss(model, tokens, lengths, "cpu", batch_size=8)
+    assert np.allclose(whole, bounded, rtol=1e-5, atol=1e-6)
+    assert rows_seen == [3, 3, 2]
