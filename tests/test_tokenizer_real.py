@@ -184,3 +184,28 @@ def test_evaluation_bounds_the_logits_of_one_forward(monkeypatch):
     bounded = trainer.per_sample_loss(model, tokens, lengths, "cpu", batch_size=8)
     assert np.allclose(whole, bounded, rtol=1e-5, atol=1e-6)
     assert rows_seen == [3, 3, 2]
+
+
+def test_a_memory_without_a_recorded_identity_is_compared_by_spec_vocabulary_and_eos(
+    tmp_path, monkeypatch, smollm2_tokenizer
+):
+    """Memories written before identities existed: the schema metadata then had no `amr.tokenizer_id`."""
+    from components.ingest import pipeline
+
+    new_meta = pipeline.memory_meta
+    monkeypatch.setattr(
+        pipeline, "memory_meta", lambda *a: {k: v for k, v in new_meta(*a).items() if k != "tokenizer_id"}
+    )
+    cfg = settings_for(tmp_path / "home", **{"ingest.tokenizer": str(smollm2_tokenizer)})
+    make_drop(tmp_path / "drops", "d1", {"a.jsonl": jsonl(python_docs(6))})
+    assert ingest_source(cfg, str(tmp_path / "drops"), show_progress=False)[0].status == "ingested"
+    monkeypatch.setattr(pipeline, "memory_meta", new_meta)
+    memory = Memory.open(cfg)
+    assert memory.tokenizer_identity() is None and memory.meta()["tokenizer"] == str(smollm2_tokenizer)
+    make_drop(tmp_path / "drops", "d2", {"a.jsonl": jsonl(python_docs(6, offset=10))})
+    moved = shutil.copytree(smollm2_tokenizer, tmp_path / "moved")
+    with pytest.raises(TokenizerMismatch, match=r"no identity recorded|vocabulary 49152"):
+        ingest_source(settings_for(cfg.home, **{"ingest.tokenizer": str(moved)}), str(tmp_path / "drops"), False)
+    assert ingest_source(cfg, str(tmp_path / "drops"), show_progress=False)[-1].status == "ingested"
+    good = tiny_llama(tmp_path / "good", 49152, moved)  # same vocabulary and eos: accepted for an old memory
+    check_model(settings_for(cfg.home, **{"train.model": str(good)}), memory.meta(), None)
