@@ -208,3 +208,10 @@ def test_sigkill_mid_write_leaves_no_half_directory(tmp_path):
         (tmp / "config.json").write_text("{}")
     assert sorted(p.name for p in target.parent.iterdir()) == ["m"]  # the next write cleaned the leftover
     assert [p.name for p in target.iterdir()] == ["config.json"]
+
+
+def test_gguf_without_the_extra_names_the_install(tmp_path, tiny_gguf, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # what an environment without the package gives on import
+    with pytest.raises(ModelFilesError, match=r"needs the gguf package\. Fix: `pip install -e \.\[gguf\]`"):
+        import_model(tiny_gguf, tmp_path / "home", "tiny")
+    assert not (tmp_path / "home" / "models" / "tiny").exists()

@@ -130,11 +130,11 @@ def _read_tokenizer(source: Path, **kwargs):
 
 def _read_gguf(source: Path):
     """The GGUF model dequantized to float32, re-homed into a fresh model without `quantization_config`."""
-    import importlib.util
-
-    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ModelFilesError(f"{source}: reading GGUF needs {' and '.join(missing)}. Fix: `{GGUF_EXTRA}`.")
+    try:
+        import accelerate  # noqa: F401  (transformers needs both to read GGUF)
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise ModelFilesError(f"{source}: reading GGUF needs the {exc.name} package. Fix: `{GGUF_EXTRA}`.") from None
     import torch
     from transformers import AutoModelForCausalLM
 
