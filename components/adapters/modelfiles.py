@@ -58,7 +58,9 @@ def load_causal_lm(model_dir: Path, **kwargs):
         output_loading_info=True,
         **kwargs,
     )
-    missing = sorted(info.get("missing_keys") or [])
+    missing = sorted(map(str, info.get("missing_keys") or [])) + [
+        f"{k} (shape mismatch)" for k in sorted(map(str, info.get("mismatched_keys") or []))
+    ]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ModelFilesError(

@@ -90,6 +90,8 @@ def print_eval(m, f, png: Path) -> None:
     out.print(
         f"forgetting avg {f.avg:.4f}  max {f.max:.4f}  relative avg {f.rel_avg:.4f}  plasticity {f.plasticity:.4f}"
     )
+    if f.vs_base:  # a pretrained line: the last row against the (base) row, per drop
+        out.print("vs base  " + "  ".join(f"{d} {v:+.2%}" for d, v in f.vs_base.items()), highlight=False)
     out.print(f"heatmap: {png}")
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PARAMS = Path("params.yaml")
+BUILT_IN_MODELS = ("gpt2-tiny", "llama-tiny")  # built from a config with random weights; anything else is pretrained
 
 
 class ConfigError(ValueError):
@@ -104,8 +105,27 @@ class TrainConfig(Section):
     n_embd: int = Field(128, ge=8, description="Hidden size of a model built from a config.")
     n_head: int = Field(4, ge=1, description="Attention heads of a model built from a config.")
     batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (all ranks, all micro-batches).")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate, reached after warm-up.")
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step: the batch is split so it fits memory, with the gradient of "
+        "the whole batch (each micro-batch's token-loss sum is divided by the whole batch's token count).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of keeping them (transformers' "
+        "activation checkpointing, non-reentrant): about a third more compute for far less activation memory.",
+    )
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate of a built-in model, reached after warm-up.")
+    pretrained_lr: float = Field(
+        1e-4,
+        gt=0.0,
+        description="Peak learning rate, re-warmed at every refresh, of a line that continues a pretrained model "
+        "(`model` a local directory). Continual pre-training re-warms then re-decays the rate on each new drop "
+        "(Ibrahim et al. 2024, 'Simple and scalable strategies to continually pre-train LLMs'): re-warming to the "
+        "original pretraining peak (about 3e-4 for models of this size) adapts fastest but forgets most, so the "
+        "default is about a third of it. `lr` stays the peak of the built-in models trained from scratch.",
+    )
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay floor, as a share of lr.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps at the start of every refresh.")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
@@ -116,6 +136,16 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of model init, data order and dropout.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:N]'.")
     nproc: int = Field(1, ge=1, description="Processes for torchrun data parallelism.")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether `model` names weights to continue (a local directory) rather than a built-in model from scratch."""
+        return self.model not in BUILT_IN_MODELS
+
+    @property
+    def peak_lr(self) -> float:
+        """The peak of every refresh's warm-up + cosine schedule: `pretrained_lr` for a pretrained line, else `lr`."""
+        return self.pretrained_lr if self.pretrained else self.lr
 
 
 class EvaluateConfig(Section):

@@ -132,13 +132,17 @@ def train_drop(
     }
     result.ranks = verify_ranks(dist, model, sampler_state, rows)
     if dist.is_main:
-        line.commit_training(drop_id, version, lambda path: save_model(model, path), sampler_state, result.record())
+        origin = settings.train.model if not line.trained else None
+        line.commit_training(
+            drop_id, version, lambda path: save_model(model, path), sampler_state, result.record(), origin=origin
+        )
     dist.barrier()  # the line is committed before any rank returns
     return result
 
 
 def _starting_model(settings: Settings, line: Line, meta: dict, identity: dict | None) -> torch.nn.Module:
-    """The line's latest weights, or a fresh model sized to the memory's tokenizer for the line's first drop.
+    """The line's latest weights; for the line's first drop, a built-in model sized to the memory's tokenizer or the
+    pretrained model of `train.model`, loaded exactly as saved (model.py refuses files that lack a weight).
 
     Both are checked against the memory's tokenizer first (components.training.compat), before weights load."""
     check_model(settings, meta, identity, line.model_dir)

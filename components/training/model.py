@@ -26,7 +26,6 @@ from components.core.config import TrainConfig
 # One bar per save_pretrained/from_pretrained is noise next to amr's own progress bars.
 hf_logging.disable_progress_bar()
 
-BUILT_IN = ("gpt2-tiny", "llama-tiny")
 FIX_WEIGHTS = (
     "copy the model directory again from where it came from (the MLflow registry, or the checkpoint it was saved "
     "from), or delete it and train again"
@@ -99,7 +98,7 @@ def _load_local(model_dir: Path, what: str) -> PreTrainedModel:
             "(hub names cannot be downloaded here; save the model to a directory first)"
         )
     check_weights(model_dir)
-    return load_causal_lm(model_dir)  # refuses weights missing a tensor: a pretrained model is never re-initialised
+    return load_causal_lm(model_dir, dtype=torch.float32)  # fp32 master weights; refuses missing tensors
 
 
 def check_weights(model_dir: Path) -> None:
