@@ -34,6 +34,7 @@ DROPS = "drops"
 INGESTED, REJECTED, ROLLED_BACK, DUPLICATE = "ingested", "rejected", "rolled-back", "duplicate"
 TAG_PREFIXES = ("drop-", "superseded-")  # the tags this module owns; others (a user's) are left alone
 META_KEYS = ("tokenizer", "vocab_size", "eos_id", "pad_id", "context_length")
+TOKENIZER_ID = "amr.tokenizer_id"  # JSON of core.text's identity; absent in memories written before issue 13
 
 NEW_COLUMNS = {"duplicates": "CAST(0 AS BIGINT)"} | {
     c: "CAST('' AS STRING)" for c in ("rows_hash", "fragments", "arm_rows")
@@ -112,8 +113,15 @@ def sequences_schema(meta: dict[str, Any]) -> pa.Schema:
             ("cluster", pa.int32()),
             ("doc_hash", pa.string()),
         ],
-        metadata={f"amr.{k}": str(meta[k]) for k in META_KEYS},
+        metadata={f"amr.{k}": str(meta[k]) for k in META_KEYS}
+        | ({TOKENIZER_ID: json.dumps(meta["tokenizer_id"], sort_keys=True)} if meta.get("tokenizer_id") else {}),
     )
+
+
+def tokenizer_identity(schema: pa.Schema) -> dict | None:
+    """The tokenizer identity a sequences table was created with (None: written before identities existed)."""
+    raw = (schema.metadata or {}).get(TOKENIZER_ID.encode())
+    return json.loads(raw) if raw else None
 
 
 def check_drop_id(drop_id: str) -> str:

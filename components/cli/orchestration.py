@@ -52,6 +52,7 @@ def _run_refresh(
     from components.adapters.registry.tracking import RegistryError
     from components.cli.ephemeral import ServerStartError, temporary_server
     from components.cli.logs import library_logs_to, refresh_log
+    from components.core.text import TokenizerMismatch
     from flows.refresh import refresh as refresh_flow
 
     cfg = settings(ctx)
@@ -62,7 +63,7 @@ def _run_refresh(
     log = library_logs_to(refresh_log(cfg.home))
     out.print(f"[dim]Prefect's and MLflow's log lines go to {log}[/dim]", highlight=False)
     params = ctx.find_root().obj
-    with exits_on(ServerStartError, RegistryError), temporary_server():  # a busy refresh lock exits 3, a dead server 1
+    with exits_on(ServerStartError, RegistryError, TokenizerMismatch), temporary_server():  # busy: 3, else 1
         return refresh_flow(
             source=source,
             params=str(params) if params else None,

@@ -32,7 +32,9 @@ class Section(BaseModel):
 
 
 class IngestConfig(Section):
-    context_length: int = Field(128, ge=8, le=65536, description="Tokens per packed training sequence.")
+    context_length: int = Field(
+        128, ge=8, le=4096, description="Tokens per packed training sequence (at most 4096: see evaluate's memory)."
+    )
     holdout_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of each drop's tokens held out (whole documents, hash order)."
     )
@@ -44,7 +46,9 @@ class IngestConfig(Section):
         1_000_000, ge=16, description="Largest document (a JSONL line, a parquet cell or a text file) accepted."
     )
     tokenizer: str = Field(
-        "byte", description="'byte' (ByT5 byte-level, no download) or a local Hugging Face tokenizer directory."
+        "byte",
+        description="'byte' (ByT5 byte-level, no download), a model imported by `amr model import` (its name) or a "
+        "local Hugging Face tokenizer directory.",
     )
     seed: int = Field(0, description="Seed of the k-means clustering.")
 
@@ -93,7 +97,9 @@ class ReplayConfig(Section):
 
 class TrainConfig(Section):
     model: str = Field(
-        "gpt2-tiny", description="'gpt2-tiny' or 'llama-tiny' (built from a config) or a local model directory."
+        "gpt2-tiny",
+        description="'gpt2-tiny' or 'llama-tiny' (built from a config), a model imported by `amr model import` (its "
+        "name) or a local model directory.",
     )
     n_layer: int = Field(2, ge=1, description="Layers of a model built from a config.")
     n_embd: int = Field(128, ge=8, description="Hidden size of a model built from a config.")
@@ -227,8 +233,11 @@ def _describe(exc: ValidationError, params: Path | None) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_settings(params: Path | str | None = None, **overrides: Any) -> Settings:
-    """Load params.yaml (or `params`), apply AMR_* environment variables, then `overrides` (CLI flags)."""
+def load_settings(params: Path | str | None = None, *, resolve_names: bool = True, **overrides: Any) -> Settings:
+    """Load params.yaml (or `params`), apply AMR_* environment variables, then `overrides` (CLI flags).
+
+    `resolve_names=False` leaves model names unresolved: `amr model import` must run before the name exists.
+    """
     path = Path(params) if params is not None else DEFAULT_PARAMS
     if params is not None and not path.exists():
         raise ConfigError(f"{path}: params file not found. Pass an existing file to --params.")
@@ -246,4 +255,36 @@ def load_settings(params: Path | str | None = None, **overrides: Any) -> Setting
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"]
             raise ConfigError(f"invalid configuration:\n  {dotted} = {value!r} (from the command line): {msg}") from exc
+    if resolve_names:
+        resolve_model_names(settings)
     return settings
+
+
+BUILT_IN_NAMES = {"ingest.tokenizer": ("byte",), "train.model": ("gpt2-tiny", "llama-tiny")}
+
+
+def models_dir(home: Path) -> Path:
+    """Where `amr model import` writes: one plain Hugging Face directory per imported model."""
+    return Path(home) / "models"
+
+
+def resolve_model_names(settings: Settings) -> None:
+    """`train.model` and `ingest.tokenizer` given as a bare name become `$AMR_HOME/models/NAME`, once, here.
+
+    A value with a path separator (or an existing directory) stays a path; a bare name that names no imported
+    model fails with the key, the value and how to import it.
+    """
+    for dotted, built_in in BUILT_IN_NAMES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(settings, section), key)
+        if value in built_in or "/" in value or os.sep in value:
+            continue
+        imported = models_dir(settings.home) / value
+        if imported.is_dir():
+            setattr(getattr(settings, section), key, str(imported))
+        elif not Path(value).is_dir():
+            raise ConfigError(
+                f"{dotted} = {value!r}: no model named {value!r} in {models_dir(settings.home)} (and no such "
+                f"directory). Import it first: `amr model import SOURCE --name {value}`, or use "
+                f"{', '.join(repr(b) for b in built_in)} or a directory path."
+            )

@@ -38,6 +38,7 @@ from components.core.metrics import BASE_ROW
 from components.core.plots import plot_arm_probabilities
 from components.evaluation import Evaluation, evaluate_line, measure
 from components.evaluation.gate import Candidate, Champion, Decision, decide
+from components.training.compat import check_model
 from components.training.launcher import launch
 from components.training.loop import TrainResult, train_drop
 from components.training.model import load_model
@@ -58,6 +59,7 @@ def drops_to_train(settings: Settings, line: Line, force: bool = False) -> list[
     memory = Memory.open(settings)
     if settings.memory.verify_on_refresh:
         memory.verify()  # corrupted or missing data files stop the refresh here, named, before any training
+    check_model(settings, memory.meta(), memory.tokenizer_identity(), line.model_dir)  # before any run opens
     ingested = memory.ingested()
     resume = [d for d in line.in_flight() if d in ingested]
     todo = resume + [d for d in ingested if d not in line.trained and d not in resume]

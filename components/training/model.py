@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from transformers import (
-    AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -21,6 +20,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from components.adapters.modelfiles import load_causal_lm
 from components.core.config import TrainConfig
 
 # One bar per save_pretrained/from_pretrained is noise next to amr's own progress bars.
@@ -98,38 +98,7 @@ def _load_local(model_dir: Path, what: str) -> PreTrainedModel:
             "(hub names cannot be downloaded here; save the model to a directory first)"
         )
     check_weights(model_dir)
-    model, info = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-        dtype=torch.float32,
-        output_loading_info=True,
-    )
-    _check_loaded(model_dir, info)
-    return model
-
-
-def _check_loaded(model_dir: Path, info: dict) -> None:
-    """Every weight of the model must come from the files: transformers would silently initialise a missing or
-    wrongly shaped tensor at random, and a pretrained line must never start from partly random weights.
-
-    Weights load as float32 whatever dtype they were saved in (bf16 and fp16 convert exactly): training keeps fp32
-    master weights and runs bf16 only under autocast (trainer.py)."""
-    problems = [
-        f"{what} {sorted(map(str, keys))[:5]}"
-        for what, keys in (
-            ("missing", info.get("missing_keys") or []),
-            ("shape mismatch", info.get("mismatched_keys") or []),
-        )
-        if keys
-    ]
-    if problems:
-        raise WeightsError(
-            f"{model_dir}: the safetensors files do not hold every weight of the model in config.json ("
-            + "; ".join(problems)
-            + f"), which would be initialised at random. Fix: {FIX_WEIGHTS}"
-        )
+    return load_causal_lm(model_dir, dtype=torch.float32)  # fp32 master weights; refuses missing tensors
 
 
 def check_weights(model_dir: Path) -> None:

@@ -206,6 +206,11 @@ class Trainer:
         self.step_idx = int(state["step_idx"])
 
 
+# Evaluation holds one forward's logits at once: at most 4096 tokens x a 49,152-token vocabulary (805 MB as float32),
+# so evaluate.batch_size = 32 of 4096-token rows with a real vocabulary runs one row per forward instead of 26 GB.
+LOGITS_PER_FORWARD = 4096 * 49_152
+
+
 @torch.no_grad()
 def per_sample_loss(
     model: PreTrainedModel,
@@ -216,7 +221,8 @@ def per_sample_loss(
 ) -> np.ndarray:
     """Each row's mean next-token loss (nats/token, float64) in eval mode; the same definition as `Trainer.step`.
 
-    The model is moved to `device` (a no-op when it is already there) and gets its train/eval mode back.
+    The model is moved to `device` (a no-op when it is already there) and gets its train/eval mode back. Rows go
+    `batch_size` per forward, fewer when their logits would pass `LOGITS_PER_FORWARD` elements.
     """
     device = resolve_device(device)
     model.to(device)
@@ -225,7 +231,9 @@ def per_sample_loss(
     model.eval()
     try:
         out = []
-        for rows in torch.arange(len(tokens), device=device).split(batch_size):
+        vocab = model.get_output_embeddings().out_features if model.get_output_embeddings() else 1
+        per_forward = max(1, min(batch_size, LOGITS_PER_FORWARD // max(1, tokens.shape[-1] * vocab)))
+        for rows in torch.arange(len(tokens), device=device).split(per_forward):
             with autocast(device):
                 sums, counts = _row_losses(model, tokens[rows], lengths[rows])
             out.append(_mean_per_row(sums, counts))
