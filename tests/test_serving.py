@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from typer.testing import CliRunner
 
 from components.adapters import registry
+from components.adapters.registry import RegistryError
 from components.cli import app
 from components.core.config import GateConfig
 from components.core.text import ByteTokenizer, HFTokenizer
@@ -119,6 +120,13 @@ def test_bad_rows_are_one_clear_error(store):
         store.served.predict(pd.DataFrame({"text": [None, "abc"], "input_ids": [None, None]}))
     with pytest.raises(Exception, match="below the model's 32 positions"):
         store.served.predict(pd.DataFrame({"text": ["abc"]}), params={"max_new_tokens": POSITIONS})
+
+
+def test_an_unloadable_tokenizer_is_refused_before_anything_is_logged(store, tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(RegistryError, match=f"cannot bundle the tokenizer: tokenizer '{missing}': no such directory"):
+        log(store.settings, store.root / "weights", "unbundled", str(missing))
+    assert MlflowClient().search_model_versions("name = 'unbundled'") == []
 
 
 # ---- generation -------------------------------------------------------------------------------------------

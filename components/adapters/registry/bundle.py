@@ -9,11 +9,14 @@ it is written in a temporary sibling directory and renamed into place, so DIR is
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.models import Model
@@ -36,6 +39,22 @@ def staged_tokenizer(spec: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="amr-tokenizer-") as tmp:
         tokenizer.save_pretrained(tmp)
         yield Path(tmp)
+
+
+def log_pyfunc(model_dir: Path, tokenizer: str, meta: Mapping[str, Any]) -> Any:
+    """Log `serving.py` as the model's code with the weights and the tokenizer as artifacts on the active run;
+    returns MLflow's ModelInfo. Requirements are pinned so that MLflow never infers them (importing the model)."""
+    with staged_tokenizer(tokenizer) as tokenizer_dir, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=serving.__file__,
+            artifacts={serving.WEIGHTS: str(model_dir), serving.TOKENIZER: str(tokenizer_dir)},
+            signature=serving.SIGNATURE,
+            pip_requirements=serving.requirements(),
+            metadata=json.loads(json.dumps(dict(meta), default=str)),
+            model_config={"device": "auto"},
+        )
 
 
 def model_uri(name: str, alias: str | None, version: int | None) -> str:

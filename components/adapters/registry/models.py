@@ -9,7 +9,6 @@ weights travel as a safetensors directory, so nothing is pickled and a version l
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,8 +59,7 @@ def log_model_version(
     check_safe_weights(model_dir)
     if mlflow.active_run() is None:
         raise RegistryError("log_model_version needs an active run: call it inside registry.start_run(...)")
-    with bundle.staged_tokenizer(str(meta.get("tokenizer", "byte"))) as tokenizer_dir:
-        info = _log_pyfunc(model_dir, tokenizer_dir, meta)
+    info = bundle.log_pyfunc(model_dir, str(meta.get("tokenizer", "byte")), meta)
     client = MlflowClient()
     version = str(_register(client, registered_model, info).version)
     unsafe = [p for p in _artifact_files(info.artifact_path) if p.lower().endswith(PICKLE_SUFFIXES)]
@@ -69,20 +67,6 @@ def log_model_version(
         client.delete_model_version(registered_model, version)
         raise RegistryError(f"pickle-based files ended up in the logged model: {unsafe}; version {version} deleted")
     return tag_version(client, registered_model, version, meta)
-
-
-def _log_pyfunc(model_dir: Path, tokenizer_dir: Path, meta: Mapping[str, Any]) -> Any:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=serving.__file__,
-            artifacts={serving.WEIGHTS: str(model_dir), serving.TOKENIZER: str(tokenizer_dir)},
-            signature=serving.SIGNATURE,
-            pip_requirements=serving.requirements(),
-            metadata=json.loads(json.dumps(dict(meta), default=str)),
-            model_config={"device": "auto"},
-        )
 
 
 def _register(client: MlflowClient, name: str, info: Any) -> ModelVersion:
