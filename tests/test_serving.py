@@ -221,6 +221,7 @@ def test_a_tiny_llama_with_the_real_smollm2_tokenizer(store, smollm2_tokenizer, 
 # ---- REST -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the server takes 20-40 s to start on a busy 2-core machine
 def test_mlflow_models_serve_answers_text_over_rest_on_loopback(store, tmp_path):
     """`mlflow models serve` as the README says to run it: the venv's bin on PATH, the store in the environment."""
     port, bindir = free_port(), Path(sys.executable).parent
