@@ -118,8 +118,8 @@ class CausalLMScorer(PythonModel):
             ids = self._generate(
                 rows, int(p["max_new_tokens"]), float(p["temperature"]), float(p["top_p"]), int(p["seed"])
             )
-            out["continuation_ids"] = ids
             out["continuation"] = [self._decode(c) for c in ids]
+            out["continuation_ids"] = ids
         return out
 
     # ---- input ----------------------------------------------------------------------------------------------
