@@ -220,7 +220,7 @@ def test_model_version_loads_offline_from_the_alias_with_the_same_predictions(ho
     for uri in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
         served = mlflow.pyfunc.load_model(uri)
         got = served.predict(pd.DataFrame({"input_ids": rows}))
-        assert list(got.columns) == ["loss", "next_token"] and len(got) == len(rows)
+        assert list(got.columns) == ["loss", "perplexity", "next_token"] and len(got) == len(rows)
         np.testing.assert_allclose(got["loss"].to_numpy()[:-1], want_loss, rtol=1e-5, equal_nan=True)
         assert np.isnan(got["loss"].iloc[-2]) and np.isnan(got["loss"].iloc[-1])
         assert got["next_token"].tolist() == [*want_next.tolist(), -1]

@@ -38,6 +38,8 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def save_pretrained(self, path: str | Path) -> None: ...
+
 
 class ByteTokenizer:
     """ByT5's byte-level vocabulary with a vectorized encoder.
@@ -66,6 +68,10 @@ class ByteTokenizer:
         data = arr[(arr >= self._offset) & (arr < self._offset + 256)] - self._offset  # drop specials, as HF does
         # A row cut mid-character decodes to U+FFFD rather than silently losing bytes (HF ignores them).
         return data.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """ByT5's tokenizer files, which `AutoTokenizer.from_pretrained(path)` loads (same ids as `encode_batch`)."""
+        self._hf.save_pretrained(str(path))
 
 
 class HFTokenizer:
@@ -112,6 +118,10 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """The tokenizer's files (`tokenizer.json` & co.), for `AutoTokenizer.from_pretrained(path)`."""
+        self._hf.save_pretrained(str(path))
 
 
 def make_identity(sha256: str, vocab_size: int, eos: str, eos_id: int) -> dict:

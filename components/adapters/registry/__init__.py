@@ -1,8 +1,10 @@
 """MLflow adapter: the tracking store and runs (tracking), lineage (lineage), model versions and aliases (models),
+the tokenizer bundle and export (bundle),
 and the served model's code (serving). Every MLflow call of the project goes through this package."""
 
 from mlflow.exceptions import MlflowException
 
+from components.adapters.registry.bundle import export_version
 from components.adapters.registry.lineage import LanceDBSource, log_memory_input, open_run
 from components.adapters.registry.models import (
     CHAMPION,
@@ -64,6 +66,7 @@ __all__ = [
     "client",
     "configure",
     "create_run",
+    "export_version",
     "finish_run",
     "flat_params",
     "git_rev",

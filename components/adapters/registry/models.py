@@ -9,7 +9,6 @@ weights travel as a safetensors directory, so nothing is pickled and a version l
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from components.adapters.registry import serving
+from components.adapters.registry import bundle, serving
 from components.adapters.registry.tracking import TAG_LIMIT, RegistryError, active_run, configure, truncate
 from components.core.config import Settings
 
@@ -44,12 +43,14 @@ class Verdict(Protocol):
 def log_model_version(
     model_dir: Path, meta: Mapping[str, Any], registered_model: str, run_id: str | None = None
 ) -> ModelVersion:
-    """Log the safetensors model in `model_dir` on the run `run_id` (else the active run) and register it; returns
-    the new version.
+    """Log the safetensors model in `model_dir` with its tokenizer on the run `run_id` (else the active run) and
+    register it; returns the new version.
 
-    `meta` (JSON-able: drops, memory version, tokenizer, losses...) goes into the MLmodel metadata and, one
-    `amr.<key>` tag per entry, onto the version. Pip requirements are pinned explicitly so that logging never
-    runs MLflow's requirement inference (which imports the model and may reach the network).
+    The tokenizer is `meta["tokenizer"]` ('byte', the project default, when absent), saved as files beside the
+    weights (see `bundle`), so the served model takes text. `meta` (JSON-able: drops, memory version, tokenizer,
+    losses...) goes into the MLmodel metadata and, one `amr.<key>` tag per entry, onto the version. Pip
+    requirements are pinned explicitly so that logging never runs MLflow's requirement inference (which imports
+    the model and may reach the network).
     """
     if run_id is not None:
         with active_run(run_id):
@@ -58,17 +59,7 @@ def log_model_version(
     check_safe_weights(model_dir)
     if mlflow.active_run() is None:
         raise RegistryError("log_model_version needs an active run: call it inside registry.start_run(...)")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=serving.__file__,
-            artifacts={serving.WEIGHTS: str(model_dir)},
-            signature=serving.SIGNATURE,
-            pip_requirements=serving.requirements(),
-            metadata=json.loads(json.dumps(dict(meta), default=str)),
-            model_config={"device": "auto"},
-        )
+    info = bundle.log_pyfunc(model_dir, str(meta.get("tokenizer", "byte")), meta)
     client = MlflowClient()
     version = str(_register(client, registered_model, info).version)
     unsafe = [p for p in _artifact_files(info.artifact_path) if p.lower().endswith(PICKLE_SUFFIXES)]
