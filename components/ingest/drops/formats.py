@@ -244,7 +244,7 @@ def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
 
 
 def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
-    """Column "text", read PARQUET_BATCH rows at a time (never the whole column)."""
+    """Column "text", read a row group at a time (never the whole column), parsed PARQUET_BATCH rows at a time."""
     if size == 0:
         issues.add(None, "empty file", FIX_EMPTY)
         return
@@ -259,9 +259,8 @@ def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: File
             if parquet.metadata.num_rows == 0:
                 issues.add(None, "empty file: no rows", FIX_EMPTY)
                 return
-            batches = parquet.iter_batches(batch_size=PARQUET_BATCH, columns=["text"])
             row = 0
-            for batch in batches:
+            for batch in _row_groups(parquet):
                 column = _text_column(batch.column(0), issues)
                 if column is None:
                     return
@@ -278,6 +277,13 @@ def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: File
                         yield Document(text, name, row)
         except (pa.ArrowException, OSError, ValueError) as exc:
             issues.add(None, f"unreadable parquet: {str(exc).rstrip('.')}", FIX_PARQUET)
+
+
+def _row_groups(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    """Not `iter_batches`: reading through a Python file it kept ~half of a 48 MB file's pages alive; one row group
+    at a time holds at most one (the producer chooses its size: Spark's default is 128 MB)."""
+    for group in range(parquet.num_row_groups):
+        yield from parquet.read_row_group(group, columns=["text"], use_threads=False).to_batches(PARQUET_BATCH)
 
 
 def _text_column(column: pa.Array, issues: FileIssues) -> pa.Array | None:
