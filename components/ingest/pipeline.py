@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -44,7 +45,7 @@ from components.core.ids import is_drop_id
 from components.core.text import Tokenizer, load_tokenizer
 from components.ingest.drops import DropRef, DropSource, hash_drop, invalid_id_issue, open_source
 from components.ingest.rows import bookkeeping, record_batches
-from components.ingest.scan import Plan, Scanned, new_documents, plan_drop, scan_drop
+from components.ingest.scan import TOKENIZE_DOCS, Plan, Scanned, new_documents, plan_drop, scan_drop
 from components.ingest.spill import Spill
 
 
@@ -92,6 +93,16 @@ class Bars:
     def counter(self, description: str, total: int | None) -> Callable[[int], None]:
         task = self.progress.add_task(description, total=total)
         return lambda n: self.progress.advance(task, n)
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str], advance: Callable[[int], None]) -> list[np.ndarray]:
+    """In-memory tokenizing in batches of TOKENIZE_DOCS (benchmarks/ingest.py; ingest itself streams: .scan)."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(texts), TOKENIZE_DOCS):
+        chunk = texts[start : start + TOKENIZE_DOCS]
+        out.extend(tokenizer.encode_batch(chunk))
+        advance(len(chunk))
+    return out
 
 
 def memory_meta(settings: Settings, tokenizer: Tokenizer) -> dict:
