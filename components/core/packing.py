@@ -36,7 +36,7 @@ def holdout_mask(hashes: Sequence[str], holdout_fraction: float) -> np.ndarray:
 
 @dataclass
 class Packed:
-    tokens: np.ndarray  # [N, L] int32, padded with pad_id
+    tokens: np.ndarray  # [N, L] int32, padded with pad_id (a LazyRows, built on demand, from split_layouts)
     lengths: np.ndarray  # [N] int32 real tokens per row (== L except possibly the last)
     first_doc: np.ndarray  # [N] int64 index of the document owning the row's first token
 
@@ -141,6 +141,102 @@ def _meet_floor(sizes: np.ndarray, fractions: np.ndarray, in_holdout: np.ndarray
     return held
 
 
+class Layout:
+    """One split's rows, decided from its documents' lengths alone; any range of rows is built on demand.
+
+    The documents (`docs`, input indices, in input order) are concatenated, each followed by eos, and cut into rows
+    of `context_length`, exactly as `pack` does, but no row exists until `rows(a, b)` builds it from
+    `fetch(doc) -> tokens`. Ingest fetches from its token spill (components.ingest.spill), so a drop of any size is
+    packed with memory for its metadata (a few ints per document and per row) and one range of rows.
+    """
+
+    def __init__(self, docs: np.ndarray, doc_lengths: np.ndarray, context_length: int, eos_id: int, pad_id: int, fetch):
+        self.docs, self.L, self.eos, self.pad, self.fetch = docs, context_length, eos_id, pad_id, fetch
+        spans = np.asarray(doc_lengths, dtype=np.int64) + 1  # one eos after each document
+        self.starts = np.cumsum(spans) - spans
+        self.total = int(spans.sum())
+        n_rows = -(-self.total // context_length)
+        self.lengths = np.full(n_rows, context_length, dtype=np.int32)
+        if n_rows:
+            self.lengths[-1] = self.total - (n_rows - 1) * context_length
+        # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
+        positions = np.arange(n_rows, dtype=np.int64) * context_length
+        self.first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) as an int32 array [b - a, L], padded with pad_id."""
+        lo, hi = a * self.L, min(b * self.L, self.total)
+        out = np.full((b - a) * self.L, self.pad, dtype=np.int32)
+        if lo >= hi:
+            return out.reshape(b - a, self.L)
+        last = int(np.searchsorted(self.starts, hi - 1, side="right")) - 1
+        for d in range(int(self.first[a]), last + 1):
+            start = int(self.starts[d])
+            tokens = np.asarray(self.fetch(int(self.docs[d])))
+            n = len(tokens)
+            cut_lo, cut_hi = max(lo - start, 0), min(hi - start, n + 1)  # the part of [tokens, eos] inside the range
+            if cut_lo < min(cut_hi, n):
+                out[start + cut_lo - lo : start + min(cut_hi, n) - lo] = tokens[cut_lo : min(cut_hi, n)]
+            if cut_hi == n + 1:
+                out[start + n - lo] = self.eos
+        return out.reshape(b - a, self.L)
+
+
+class LazyRows:
+    """A Layout's rows behind the array interface `Packed.tokens` needs: `shape`, `len`, and indexing by a slice or
+    an array of row numbers (each run of consecutive rows is built with one `Layout.rows` call)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.shape = (len(layout.lengths), layout.L)
+        self.dtype = np.dtype(np.int32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            a, b, step = index.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("LazyRows takes slices of step 1 only")
+            return self.layout.rows(a, max(a, b))
+        idx = np.asarray(index, dtype=np.int64)
+        if idx.ndim == 0:
+            return self.layout.rows(int(idx), int(idx) + 1)[0]
+        if idx.size == 0:
+            return np.empty((0, self.shape[1]), dtype=np.int32)
+        runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
+        return np.concatenate([self.layout.rows(int(run[0]), int(run[-1]) + 1) for run in runs])
+
+
+def split_layouts(
+    doc_lengths: np.ndarray,
+    hashes: Sequence[str],
+    context_length: int,
+    eos_id: int,
+    pad_id: int,
+    holdout_fraction: float,
+    min_holdout_sequences: int,
+    fetch,
+) -> SplitPacked:
+    """`split_and_pack` from the documents' token counts: the split and every row's place are decided from
+    metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read."""
+    if len(doc_lengths) != len(hashes):
+        raise ValueError(f"{len(doc_lengths)} documents but {len(hashes)} hashes")
+    doc_tokens = np.asarray(doc_lengths, dtype=np.int64) + 1  # + eos
+    needed = (min_holdout_sequences - 1) * context_length + 1  # packs into >= min_holdout_sequences rows
+    mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
+
+    def layout(idx: np.ndarray) -> tuple[Packed, list[str]]:
+        lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
+        first_doc = idx[lay.first].astype(np.int64) if len(lay.first) else np.empty(0, np.int64)
+        return Packed(LazyRows(lay), lay.lengths, first_doc), [hashes[i] for i in first_doc]
+
+    train, train_hashes = layout(np.flatnonzero(~mask))
+    holdout, holdout_hashes = layout(np.flatnonzero(mask))
+    return SplitPacked(train, holdout, train_hashes, holdout_hashes, mask)
+
+
 def split_and_pack(
     token_lists: Sequence[np.ndarray],
     hashes: Sequence[str],
@@ -150,18 +246,14 @@ def split_and_pack(
     holdout_fraction: float,
     min_holdout_sequences: int,
 ) -> SplitPacked:
-    """Split documents by hash, then pack each split in input order; `first_doc` indexes the input documents."""
+    """Split documents by hash, then pack each split in input order; `first_doc` indexes the input documents.
+
+    The in-memory form of `split_layouts` (same code), with every row built."""
     if len(token_lists) != len(hashes):
         raise ValueError(f"{len(token_lists)} token lists but {len(hashes)} hashes")
-    doc_tokens = np.array([len(t) + 1 for t in token_lists], dtype=np.int64)  # + eos
-    needed = (min_holdout_sequences - 1) * context_length + 1  # packs into >= min_holdout_sequences rows
-    mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
-
-    def pack_subset(idx: np.ndarray) -> tuple[Packed, list[str]]:
-        packed = pack([token_lists[i] for i in idx], context_length, eos_id, pad_id)
-        packed.first_doc = idx[packed.first_doc].astype(np.int64)
-        return packed, [hashes[i] for i in packed.first_doc]
-
-    train, train_hashes = pack_subset(np.flatnonzero(~mask))
-    holdout, holdout_hashes = pack_subset(np.flatnonzero(mask))
-    return SplitPacked(train, holdout, train_hashes, holdout_hashes, mask)
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    args = (context_length, eos_id, pad_id, holdout_fraction, min_holdout_sequences)
+    packed = split_layouts(lengths, hashes, *args, fetch=token_lists.__getitem__)
+    for part in (packed.train, packed.holdout):
+        part.tokens = part.tokens[0 : len(part.lengths)]
+    return packed

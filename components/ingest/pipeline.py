@@ -1,8 +1,12 @@
 """Ingest: every ready drop of a source becomes one commit of tokenized, packed, clustered sequences.
 
-Per drop: read + validate (components.ingest.drops) -> tokenize (components.core.text) -> split by document hash
-and pack (components.core.packing) -> k-means arms (components.ingest.clustering) -> one LanceDB commit
+Per drop: hash (one sequential read) -> scan: read + validate as a stream (components.ingest.drops), tokenize
+into a token spill on disk (components.ingest.scan, .spill) -> split by document hash and lay out the rows
+(components.core.packing) -> k-means arms (components.ingest.clustering) -> one LanceDB commit
 (components.adapters.memory), with its row digest and row-id index (components.ingest.rows).
+
+* Bounded memory: no drop's texts or tokens are held whole; memory holds per-document and per-row metadata and a
+  batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests.
 
 * Idempotent: a drop already ingested with the same content hash is reported `present` and nothing is written.
   The same id with other content is `refused` (drops are immutable; publish a new drop id instead).
@@ -38,13 +42,11 @@ from components.adapters.memory import Memory
 from components.adapters.records import DUPLICATE, DropRecord, sequences_schema
 from components.core.config import Settings
 from components.core.ids import is_drop_id
-from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_and_pack
 from components.core.text import Tokenizer, TokenizerMismatch, describe_identity, load_tokenizer, same_tokenizer
-from components.ingest.clustering import assign_clusters
-from components.ingest.drops import DropContents, DropRef, DropSource, invalid_id_issue, open_source, read_drop
+from components.ingest.drops import DropRef, DropSource, hash_drop, invalid_id_issue, open_source
 from components.ingest.rows import bookkeeping, record_batches
-
-TOKENIZE_CHUNK = 256
+from components.ingest.scan import TOKENIZE_DOCS, Plan, Scanned, new_documents, plan_drop, scan_drop
+from components.ingest.spill import Spill
 
 
 @dataclass
@@ -94,9 +96,10 @@ class Bars:
 
 
 def tokenize(tokenizer: Tokenizer, texts: list[str], advance: Callable[[int], None]) -> list[np.ndarray]:
+    """In-memory tokenizing in batches of TOKENIZE_DOCS (benchmarks/ingest.py; ingest itself streams: .scan)."""
     out: list[np.ndarray] = []
-    for start in range(0, len(texts), TOKENIZE_CHUNK):
-        chunk = texts[start : start + TOKENIZE_CHUNK]
+    for start in range(0, len(texts), TOKENIZE_DOCS):
+        chunk = texts[start : start + TOKENIZE_DOCS]
         out.extend(tokenizer.encode_batch(chunk))
         advance(len(chunk))
     return out
@@ -132,107 +135,80 @@ def memory_meta(settings: Settings, tokenizer: Tokenizer, recorded: dict | None 
     }
 
 
-def _prior(memory: Memory, contents: DropContents) -> IngestResult | None:
+def _prior(memory: Memory, drop_id: str, content_hash: str) -> IngestResult | None:
     """What an earlier ingest already decided for this content, if anything."""
-    rec = memory.record(contents.drop_id)
+    rec = memory.record(drop_id)
     if rec is None:
         return None
-    if rec.status == "ingested" and rec.content_hash == contents.content_hash:
+    if rec.status == "ingested" and rec.content_hash == content_hash:
         return IngestResult(rec.drop_id, "present", f"already ingested at memory version {rec.version}", rec)
     if rec.status == "ingested":
         return IngestResult(
             rec.drop_id,
             "refused",
             f"drop {rec.drop_id} was ingested at version {rec.version} with content {rec.content_hash[:12]}, but the "
-            f"source now holds {contents.content_hash[:12]}. Drops are immutable: publish the new data under a new id.",
+            f"source now holds {content_hash[:12]}. Drops are immutable: publish the new data under a new id.",
             rec,
         )
-    if rec.status == "rejected" and rec.content_hash == contents.content_hash:
+    if rec.status == "rejected" and rec.content_hash == content_hash:
         return IngestResult(rec.drop_id, "rejected", rec.error, rec)
     return None  # rejected before, content changed since: try again
-
-
-@dataclass
-class Plan:
-    """What one drop will write, decided against the memory at `version`."""
-
-    version: int
-    keep: list[int]  # indices of the documents to store
-    packed: SplitPacked | None = None
-    clusters: tuple[np.ndarray, np.ndarray] | None = None
-    too_small: str = ""
-
-
-def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
-    """Indices of the documents to store: the first of each hash that no live drop stored yet."""
-    known = memory.known_documents(hashes)
-    keep, seen = [], set()
-    for i, h in enumerate(hashes):
-        if h not in known and h not in seen:
-            seen.add(h)
-            keep.append(i)
-    return keep
-
-
-def plan_drop(memory: Memory, texts: list[str], hashes: list[str], settings: Settings, tokenizer, bars, label) -> Plan:
-    """Deduplicate against the memory, then tokenize, split and pack, and cluster only the new documents."""
-    cfg = settings.ingest
-    plan = Plan(memory.version, new_documents(memory, hashes))
-    if not plan.keep:
-        return plan
-    tokens = tokenize(tokenizer, [texts[i] for i in plan.keep], bars.counter(f"tokenize {label}", len(plan.keep)))
-    try:
-        plan.packed = split_and_pack(
-            tokens,
-            [hashes[i] for i in plan.keep],
-            cfg.context_length,
-            tokenizer.eos_id,
-            tokenizer.pad_id,
-            cfg.holdout_fraction,
-            cfg.min_holdout_sequences,
-        )
-    except DropTooSmall as exc:
-        plan.too_small = str(exc)
-        return plan
-    del tokens  # the packed copy is all that is needed from here; frees ~1x the drop's tokens
-    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
-    return plan
 
 
 def ingest_drop(
     memory: Memory, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars: Bars
 ) -> IngestResult:
-    cfg = settings.ingest
-    contents = read_drop(
-        source, ref.drop_id, cfg.max_document_bytes, progress=bars.counter(f"read {ref.drop_id}", None)
-    )
-    prior = _prior(memory, contents)
+    """Hash the drop (one sequential read) and stop if its content was decided before; else scan it into a token
+    spill (components.ingest.scan), plan, and commit. The spill is removed however this ends."""
+    content = hash_drop(source, ref.drop_id)
+    prior = _prior(memory, ref.drop_id, content)
     if prior is not None:
         return prior
-    rec = DropRecord(ref.drop_id, "", contents.content_hash, documents=len(contents.documents), source=ref.location)
+    last = memory.record(ref.drop_id)
+    recheck = last is not None and (last.status, last.content_hash) == (DUPLICATE, content)  # no tokenizing
+    with Spill(settings.home, ref.drop_id) as spill:
+
+        def rescan() -> Scanned:
+            return _scan(source, ref, settings, tokenizer, bars, spill, content)
+
+        scanned = _scan(source, ref, settings, tokenizer, bars, None if recheck else spill, content)
+        return _decide(memory, ref, scanned, settings, tokenizer, bars, spill, rescan)
+
+
+def _scan(source, ref, settings, tokenizer, bars, spill, content: str) -> Scanned:
+    scanned = scan_drop(source, ref, settings, tokenizer, bars, spill)
+    if scanned.contents.content_hash != content:
+        raise RuntimeError(
+            f"drop {ref.drop_id} changed while it was read (content {content[:12]}, then "
+            f"{scanned.contents.content_hash[:12]}): a producer must write _READY last and never change a drop after"
+        )
+    return scanned
+
+
+def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer, bars, spill, rescan) -> IngestResult:
+    contents, hashes = scanned.contents, scanned.hashes
+    rec = DropRecord(ref.drop_id, "", contents.content_hash, documents=scanned.n_documents, source=ref.location)
     rec.manifest = contents.manifest.model_dump_json() if contents.manifest else ""
     if not contents.ok:
         rec.error = contents.error_message()
-        return _reject(memory, contents, rec)
-    texts = [d.text for d in contents.documents if d.text]  # an empty document would pack as a lone separator
-    hashes = [doc_hash(t) for t in texts]
+        return _reject(memory, rec)
     try:  # planned before taking the write lock, so another ingest can commit while this one tokenizes and packs
-        plan = plan_drop(memory, texts, hashes, settings, tokenizer, bars, ref.drop_id)
+        plan = plan_drop(memory, scanned, settings, tokenizer, spill, rescan)
     except Exception:  # e.g. read while another writer was creating the document index: planned again, locked,
         plan = None  # where a real error is raised again
     with memory.writer() as mem:
-        prior = _prior(mem, contents)  # another process may have committed it while we packed
+        prior = _prior(mem, ref.drop_id, contents.content_hash)  # another process may have committed it meanwhile
         if prior is not None:
             return prior
         if plan is None or (mem.version != plan.version and new_documents(mem, hashes) != plan.keep):
-            plan = plan_drop(mem, texts, hashes, settings, tokenizer, bars, ref.drop_id)  # a drop committed meanwhile
-        rec.duplicates = len(texts) - len(plan.keep)
+            plan = plan_drop(mem, scanned, settings, tokenizer, spill, rescan)  # a drop committed meanwhile
+        rec.duplicates = len(hashes) - len(plan.keep)
         if not plan.keep:
             return _all_duplicates(mem, rec)
         if plan.too_small:
             rec.error = f"{ref.drop_id}: {plan.too_small}"
             if rec.duplicates:
-                rec.error += f" ({rec.duplicates} of its {len(texts)} documents are already in the memory, left out)"
+                rec.error += f" ({rec.duplicates} of its {len(hashes)} documents are already in the memory, left out)"
             mem.reject_drop(rec)
             return IngestResult(rec.drop_id, "rejected", rec.error, rec)
         return _commit(mem, rec, plan, settings, tokenizer, bars, [hashes[i] for i in plan.keep])
@@ -270,9 +246,9 @@ def _all_duplicates(mem: Memory, rec: DropRecord) -> IngestResult:
     return IngestResult(rec.drop_id, "duplicate", message, last if same else rec)
 
 
-def _reject(memory: Memory, contents: DropContents, rec: DropRecord) -> IngestResult:
+def _reject(memory: Memory, rec: DropRecord) -> IngestResult:
     with memory.writer() as mem:
-        prior = _prior(mem, contents)
+        prior = _prior(mem, rec.drop_id, rec.content_hash)
         if prior is not None:
             return prior
         mem.reject_drop(rec)

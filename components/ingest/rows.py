@@ -7,8 +7,8 @@ records (O(number of arms)) instead of scanning every stored row. The `position`
 the packed order, so what a row holds, the row digest and the lock file do not depend on the write order.
 
 The row digest (`rows_hash` of the record) is sha256 over the rows in (split, position) order, as
-components.adapters.manifest `rows_digest` computes it from a table: hashed here from the packed arrays, it costs one
-pass over the drop's tokens and no second copy of them.
+components.adapters.manifest `rows_digest` computes it from a table: hashed here from the packed rows, built a block
+at a time, it costs one pass over the drop's tokens and no copy of them all.
 """
 
 from __future__ import annotations
@@ -77,7 +77,11 @@ def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray,
         "length": [part.lengths for _, part, _, _ in parts],
         "cluster": [cluster for _, _, cluster, _ in parts],
         "doc_hash": [hashes for _, _, _, hashes in parts],
-        "tokens": [part.tokens for _, part, _, _ in parts],
+        "tokens": (  # built block by block (part.tokens may be a LazyRows over the token spill): one pass
+            part.tokens[start : start + BATCH_ROWS]
+            for _, part, _, _ in parts
+            for start in range(0, len(part.lengths), BATCH_ROWS)
+        ),
     }
     return columns_digest(n, columns)
 

@@ -49,7 +49,7 @@ from components.ingest.drops.model import (
     check_drop_id,
     unsafe_name_reason,
 )
-from components.ingest.drops.reader import content_hash, file_kind, invalid_id_issue, read_drop
+from components.ingest.drops.reader import DropScan, content_hash, file_kind, hash_drop, invalid_id_issue, read_drop
 from components.ingest.drops.sources import DropSource, LocalSource, S3Source, UnsafeNameError, open_source
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "DropIssue",
     "DropManifest",
     "DropRef",
+    "DropScan",
     "DropSource",
     "LocalSource",
     "S3Source",
@@ -70,6 +71,7 @@ __all__ = [
     "check_drop_id",
     "content_hash",
     "file_kind",
+    "hash_drop",
     "open_source",
     "parse_document_file",
     "parse_jsonl",

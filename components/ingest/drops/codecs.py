@@ -8,7 +8,7 @@ Choices:
   Spark's codec) are read to the end.
 - Decompression streams: lines come out of the decompressor one at a time and a line longer than
   `max_document_bytes` is skipped in chunks, never held, so a decompression bomb costs time, not memory. The
-  compressed bytes themselves are read whole, as every file is (they are hashed for the drop's content hash).
+  compressed bytes are read as a stream too (`decompress` over an open file), never whole.
 - JSON lines by name: `.jsonl`, `.ndjson`, `.jsonlines` and `.json` (Spark's `df.write.json()` writes JSON lines
   as `part-*.json`, next to `_SUCCESS`, which is ignored like every `_` name). By content: any other file whose
   first non-blank line is a JSON object with a field "text" (Spark part files without a suffix, `.txt` exports of
@@ -22,7 +22,7 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
@@ -53,17 +53,21 @@ def inner_name(name: str) -> str:
 
 
 def open_stream(data: bytes, codec: str | None) -> BinaryIO:
-    """A buffered stream of the file's (decompressed) bytes; the input buffer is shared, not copied."""
-    raw = io.BytesIO(data)
+    """A buffered stream of the (decompressed) bytes of `data`."""
+    return decompress(io.BytesIO(data), codec)
+
+
+def decompress(raw: BinaryIO, codec: str | None) -> BinaryIO:
+    """A buffered stream of the decompressed bytes of the open file `raw`, read from it a step at a time."""
     if codec == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if codec == "zstd":
-        return io.BufferedReader(ZstdFrames(data), CHUNK)
+        return io.BufferedReader(ZstdFrames(raw), CHUNK)
     return raw
 
 
 class ZstdFrames(io.RawIOBase):
-    """Every zstd frame of `data`, decompressed a small input step at a time.
+    """Every zstd frame of the open file `raw`, decompressed a small input step at a time.
 
     Not zstandard's `stream_reader`: it ends quietly at a frame cut off mid-way, which would ingest half a file as
     if it were whole; here a cut-off frame raises ZstdError. Small input steps bound what one step can inflate to.
@@ -71,9 +75,9 @@ class ZstdFrames(io.RawIOBase):
 
     STEP = 1 << 13
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
-        self._src, self._pos = memoryview(data), 0
+        self._raw, self._pending = raw, b""
         self._dctx, self._obj = zstandard.ZstdDecompressor(), None
         self._out, self._out_pos = b"", 0
 
@@ -82,15 +86,18 @@ class ZstdFrames(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while self._out_pos >= len(self._out):
-            if self._pos >= len(self._src):
+            if not self._pending:
+                self._pending = self._raw.read(self.STEP)
+            if not self._pending:
                 if self._obj is not None and not self._obj.eof:
                     raise zstandard.ZstdError("the data ends inside a zstd frame (file cut off)")
                 return 0
             if self._obj is None or self._obj.eof:
                 self._obj = self._dctx.decompressobj()
-            step = bytes(self._src[self._pos : self._pos + self.STEP])
+            step, self._pending = self._pending, b""
             self._out, self._out_pos = self._obj.decompress(step), 0
-            self._pos += len(step) - (len(self._obj.unused_data) if self._obj.eof else 0)
+            if self._obj.eof:  # the next frame starts in what this one left over
+                self._pending = self._obj.unused_data
         n = min(len(buffer), len(self._out) - self._out_pos)
         buffer[:n] = self._out[self._out_pos : self._out_pos + n]
         self._out_pos += n
@@ -140,13 +147,19 @@ def first_line(stream: BinaryIO, limit: int) -> bytes:
 
 def document_format(name: str, data: bytes, codec: str | None, limit: int) -> str:
     """'jsonl', 'parquet' or 'text' for a document file (see the module docstring)."""
+    return format_of(name, lambda: io.BytesIO(data), codec, limit)
+
+
+def format_of(name: str, opener: Callable[[], BinaryIO], codec: str | None, limit: int) -> str:
+    """`document_format` of a file that `opener()` opens; reads at most its first non-blank line."""
     suffix = PurePosixPath(inner_name(name)).suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
     if suffix == ".parquet":
         return "parquet"
-    try:
-        head = first_line(open_stream(data, codec), limit)
-    except DECOMPRESS_ERRORS:
-        return "text"  # the text parser reports the damage
+    with opener() as raw:
+        try:
+            head = first_line(decompress(raw, codec), limit)
+        except DECOMPRESS_ERRORS:
+            return "text"  # the text parser reports the damage
     return "jsonl" if looks_like_jsonl(head) else "text"

@@ -1,8 +1,10 @@
-"""Pure parsers: one file's bytes in, its documents and issues out. No I/O, so every rule is unit-testable."""
+"""Parsers: one file in (its bytes, or an opener of a stream), its documents and issues out, as a stream."""
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -10,7 +12,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from components.ingest.drops.codecs import DECOMPRESS_ERRORS, codec_of, document_format, lines, open_stream
+from components.ingest.drops.codecs import (
+    CHUNK,
+    DECOMPRESS_ERRORS,
+    ZSTD_MAGIC,
+    codec_of,
+    decompress,
+    format_of,
+    lines,
+)
 from components.ingest.drops.model import MANIFEST, MAX_ISSUES_PER_FILE, Document, DropManifest, FileIssues
 
 BOM = b"\xef\xbb\xbf"
@@ -37,22 +47,40 @@ JSON_TYPES = {
 }
 
 Parsed = tuple[list[Document], FileIssues]
+Opener = Callable[[], BinaryIO]  # opens the file afresh, at its first byte
+PARQUET_BATCH = 1024
 
 
 def parse_document_file(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     """JSON lines, parquet or one text document, gzip/zstd-compressed or not (components.ingest.drops.codecs)."""
-    codec = codec_of(data)
-    kind = document_format(name, data, codec, max_document_bytes)
+    issues = FileIssues(name)
+    documents = list(iter_document_file(name, lambda: io.BytesIO(data), len(data), max_document_bytes, issues))
+    return documents, issues
+
+
+def iter_document_file(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
+    """The documents of the file `opener()` opens (`size` bytes), as a stream; its problems go to `issues`.
+
+    Memory is bounded whatever the file's size: JSON lines are parsed a line at a time, parquet a batch of rows at
+    a time, compressed data is decompressed as it is read; only a plain-text document (at most
+    `max_document_bytes`) is held whole. The file may be opened a few times (magic bytes, first line, NUL scan).
+    """
+    with opener() as raw:
+        codec = codec_of(raw.read(len(ZSTD_MAGIC)))
+    kind = format_of(name, opener, codec, limit)
     if codec is None:
-        parser = {"jsonl": parse_jsonl, "parquet": parse_parquet}.get(kind, parse_text)
-        return parser(name, data, max_document_bytes)
-    if kind == "parquet":
-        issues = FileIssues(name)
+        parser = {"jsonl": _plain_jsonl, "parquet": _parquet_rows}.get(kind, _text_file)
+        yield from parser(name, opener, size, limit, issues)
+    elif kind == "parquet":
         issues.add(None, f"{codec}-compressed parquet file", FIX_COMPRESSED_PARQUET)
-        return [], issues
-    if kind == "jsonl":
-        return _jsonl_lines(name, open_stream(data, codec), max_document_bytes, codec)
-    return _compressed_text(name, open_stream(data, codec), max_document_bytes, codec)
+    elif kind == "jsonl":
+        with opener() as raw:
+            yield from _jsonl_lines(name, decompress(raw, codec), limit, codec, issues)
+    else:
+        with opener() as raw:
+            documents, found = _compressed_text(name, decompress(raw, codec), limit, codec)
+        issues += found
+        yield from documents
 
 
 def _too_big(size: int, limit: int, what: str) -> str:
@@ -63,24 +91,39 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
+def _nul_line(opener: Opener) -> int | None:
+    """The 1-based line of the file's first NUL byte, None if it has none; read in chunks."""
+    line = 1
+    with opener() as raw:
+        while chunk := raw.read(CHUNK):
+            if (at := chunk.find(b"\0")) >= 0:
+                return line + chunk.count(b"\n", 0, at)
+            line += chunk.count(b"\n")
+    return None
+
+
 def parse_jsonl(name: str, data: bytes, max_document_bytes: int) -> Parsed:
-    if not data.strip():
-        issues = FileIssues(name)
-        issues.add(None, "empty file: only blank lines" if data else "empty file", FIX_EMPTY)
-        return [], issues
-    if (nul := data.find(b"\0")) >= 0:  # binary data named .jsonl: one issue, not one per line
-        issues = FileIssues(name)
-        issues.add(_line_of(data, nul), "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
-        return [], issues
-    return _jsonl_lines(name, open_stream(data, None), max_document_bytes, None)
+    issues = FileIssues(name)
+    documents = list(_plain_jsonl(name, lambda: io.BytesIO(data), len(data), max_document_bytes, issues))
+    return documents, issues
 
 
-def _jsonl_lines(name: str, stream: BinaryIO, max_document_bytes: int, codec: str | None) -> Parsed:
+def _plain_jsonl(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
+    if size == 0:
+        issues.add(None, "empty file", FIX_EMPTY)
+        return
+    if (nul := _nul_line(opener)) is not None:  # binary data named .jsonl: one issue, not one per line
+        issues.add(nul, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
+        return
+    with opener() as raw:
+        yield from _jsonl_lines(name, raw, limit, None, issues)
+
+
+def _jsonl_lines(name: str, stream: BinaryIO, limit: int, codec: str | None, issues: FileIssues) -> Iterator[Document]:
     """Parse JSON lines as they stream out of `stream` (decompressed, for a compressed file)."""
-    issues, documents, seen = FileIssues(name), [], False
-    number = 0
+    seen, number = False, 0
     try:
-        for number, raw, size in lines(stream, max_document_bytes):
+        for number, raw, size in lines(stream, limit):
             if number == 1 and raw is not None:
                 raw = raw.removeprefix(BOM)
             if raw is not None and not raw.strip():
@@ -90,19 +133,19 @@ def _jsonl_lines(name: str, stream: BinaryIO, max_document_bytes: int, codec: st
                 issues.stop(f"line {number} and later")
                 break
             if raw is None:  # measured before parsing, so a huge line costs no JSON work
-                issues.add(number, _too_big(size, max_document_bytes, "the line"), FIX_SIZE)
-            elif b"\0" in raw:  # only possible in decompressed data; the raw file was checked whole
+                issues.add(number, _too_big(size, limit, "the line"), FIX_SIZE)
+            elif b"\0" in raw:  # only possible in decompressed data; a plain file was scanned first
                 issues.add(number, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
                 break
             elif (text := _jsonl_text(raw, number, issues)) is not None:
-                documents.append(Document(text, name, number))
+                yield Document(text, name, number)
     except DECOMPRESS_ERRORS as exc:
         where = f" after line {number}" if number else ""
         issues.add(None, f"damaged {codec} data{where}: {str(exc).rstrip('.')}", FIX_COMPRESSED)
-        return documents, issues
+        return
     if not seen:
-        issues.add(None, f"empty file: no JSON lines after {codec} decompression", FIX_EMPTY)
-    return documents, issues
+        reason = f"no JSON lines after {codec} decompression" if codec else "only blank lines"
+        issues.add(None, f"empty file: {reason}", FIX_EMPTY)
 
 
 def _jsonl_text(raw: bytes, number: int, issues: FileIssues) -> str | None:
@@ -165,6 +208,19 @@ def parse_text(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     return ([] if issues else [Document(text, name, None)]), issues
 
 
+def _text_file(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
+    """One plain-text document; a file over the limit is never read whole (only scanned for NUL bytes)."""
+    if size > limit:
+        issues.add(None, _too_big(size, limit, "the file"), FIX_SIZE)
+        if (nul := _nul_line(opener)) is not None:
+            issues.add(nul, "binary data (a NUL byte), not text", FIX_BINARY)
+        return
+    with opener() as raw:
+        documents, found = parse_text(name, raw.read(), limit)
+    issues += found
+    yield from documents
+
+
 def _compressed_text(name: str, stream: BinaryIO, max_document_bytes: int, codec: str) -> Parsed:
     """One text document from a compressed file, decompressed at most one byte past the size limit."""
     try:
@@ -182,52 +238,65 @@ def _compressed_text(name: str, stream: BinaryIO, max_document_bytes: int, codec
 
 
 def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
-    issues, documents = FileIssues(name), []
-    if not data:
-        issues.add(None, "empty file", FIX_EMPTY)
-        return documents, issues
-    column = _text_column(data, issues)
-    if column is None:
-        return documents, issues
-    if len(column) == 0:
-        issues.add(None, "empty file: no rows", FIX_EMPTY)
-        return documents, issues
-    sizes = pc.binary_length(column).to_pylist()
-    for row, (text, size) in enumerate(zip(column.to_pylist(), sizes, strict=True), 1):
-        if issues.full:
-            issues.stop(f"row {row} and later")
-            break
-        if text is None:
-            issues.add(row, 'null in column "text"', 'put a string in every row of column "text"')
-        elif size > max_document_bytes:
-            issues.add(row, _too_big(size, max_document_bytes, "the cell"), FIX_SIZE)
-        else:
-            documents.append(Document(text, name, row))
+    issues = FileIssues(name)
+    documents = list(_parquet_rows(name, lambda: io.BytesIO(data), len(data), max_document_bytes, issues))
     return documents, issues
 
 
-def _text_column(data: bytes, issues: FileIssues) -> pa.ChunkedArray | None:
-    """Column "text" as large_string, or None with an issue saying why it cannot be read."""
-    try:
-        parquet = pq.ParquetFile(pa.BufferReader(data))
-        names = parquet.schema_arrow.names
-        if "text" not in names:
-            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-            issues.add(None, f'no column "text" (columns: {shown or "none"})', FIX_PARQUET)
-            return None
-        column = parquet.read(columns=["text"]).column("text")
-        if pa.types.is_dictionary(column.type):  # pandas categoricals round-trip as dictionaries
-            column = column.cast(column.type.value_type)
-        kind = column.type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-            issues.add(None, f'column "text" has type {kind}, not string', FIX_PARQUET)
-            return None
-        column = column.cast(pa.large_string())
-        column.validate(full=True)  # full validation checks that every cell is UTF-8
-        return column
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        issues.add(None, f"unreadable parquet: {str(exc).rstrip('.')}", FIX_PARQUET)
+def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
+    """Column "text", read a row group at a time (never the whole column), parsed PARQUET_BATCH rows at a time."""
+    if size == 0:
+        issues.add(None, "empty file", FIX_EMPTY)
+        return
+    with opener() as raw:
+        try:
+            parquet = pq.ParquetFile(raw)
+            names = parquet.schema_arrow.names
+            if "text" not in names:
+                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                issues.add(None, f'no column "text" (columns: {shown or "none"})', FIX_PARQUET)
+                return
+            if parquet.metadata.num_rows == 0:
+                issues.add(None, "empty file: no rows", FIX_EMPTY)
+                return
+            row = 0
+            for batch in _row_groups(parquet):
+                column = _text_column(batch.column(0), issues)
+                if column is None:
+                    return
+                for text, cell_size in zip(column.to_pylist(), pc.binary_length(column).to_pylist(), strict=True):
+                    row += 1
+                    if issues.full:
+                        issues.stop(f"row {row} and later")
+                        return
+                    if text is None:
+                        issues.add(row, 'null in column "text"', 'put a string in every row of column "text"')
+                    elif cell_size > limit:
+                        issues.add(row, _too_big(cell_size, limit, "the cell"), FIX_SIZE)
+                    else:
+                        yield Document(text, name, row)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            issues.add(None, f"unreadable parquet: {str(exc).rstrip('.')}", FIX_PARQUET)
+
+
+def _row_groups(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    """Not `iter_batches`: reading through a Python file it kept ~half of a 48 MB file's pages alive; one row group
+    at a time holds at most one (the producer chooses its size: Spark's default is 128 MB)."""
+    for group in range(parquet.num_row_groups):
+        yield from parquet.read_row_group(group, columns=["text"], use_threads=False).to_batches(PARQUET_BATCH)
+
+
+def _text_column(column: pa.Array, issues: FileIssues) -> pa.Array | None:
+    """A batch of column "text" as large_string, or None with an issue saying why it cannot be read."""
+    if pa.types.is_dictionary(column.type):  # pandas categoricals round-trip as dictionaries
+        column = column.cast(column.type.value_type)
+    kind = column.type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        issues.add(None, f'column "text" has type {kind}, not string', FIX_PARQUET)
         return None
+    column = column.cast(pa.large_string())
+    column.validate(full=True)  # full validation checks that every cell is UTF-8
+    return column
 
 
 def parse_manifest(data: bytes, drop_id: str) -> tuple[DropManifest | None, FileIssues]:

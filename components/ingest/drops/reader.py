@@ -1,23 +1,28 @@
-"""`read_drop`: every file of one drop read once, hashed and parsed from the same bytes, all issues collected."""
+"""`read_drop` and `DropScan`: every file of one drop hashed and parsed as a stream, all issues collected."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from components.core.ids import FIX_DROP_ID, drop_id_problem
-from components.ingest.drops.formats import parse_document_file, parse_manifest
+from components.ingest.drops.formats import Opener, iter_document_file, parse_manifest
 from components.ingest.drops.model import (
     FIX_ESCAPE,
     MANIFEST,
     READY,
+    Document,
     DropContents,
     DropIssue,
+    FileIssues,
     is_drop_id,
     unsafe_name_reason,
 )
 from components.ingest.drops.sources import DropSource, UnsafeNameError
+
+HASH_CHUNK = 1 << 20
 
 
 def file_kind(name: str) -> str:
@@ -43,48 +48,91 @@ def read_drop(
 
     Bad data becomes issues, never exceptions. What is no data problem does raise: a local drop directory
     that does not exist (FileNotFoundError) and S3 errors such as access denied (botocore ClientError).
+    All documents are held in memory: ingest streams them instead (`DropScan`).
     """
-    contents = DropContents(drop_id, [], content_hash({}), 0, None, [])
-    if not is_drop_id(drop_id):
-        contents.issues.append(invalid_id_issue(drop_id))
-        return contents
-    digests: dict[str, str] = {}
-    n_document_files = 0
-    for name in source.list_files(drop_id):
-        kind = file_kind(name)
-        if kind in ("document", "unsafe"):  # an unsafe name was meant as data: the drop is not "empty"
-            n_document_files += 1
-        if kind in (READY, "ignored"):
-            continue
-        data = _read(source, drop_id, name, contents.issues)
-        if data is None:
-            continue
-        if progress is not None:
-            progress(len(data))
-        digests[name] = hashlib.sha256(data).hexdigest()
-        contents.n_bytes += len(data)
-        if kind == MANIFEST:
-            contents.manifest, issues = parse_manifest(data, drop_id)
-        else:
-            documents, issues = parse_document_file(name, data, max_document_bytes)
-            contents.documents += documents
-        contents.issues += issues
-    if n_document_files == 0:
-        fix = "add .jsonl, .parquet or text files"
-        contents.issues.append(DropIssue("", None, "empty drop: no document files", fix))
-    contents.content_hash = content_hash(digests)
-    contents.issues = [replace(issue, drop_id=drop_id) for issue in contents.issues]
-    return contents
+    scan = DropScan(source, drop_id, max_document_bytes, progress)
+    documents = list(scan.documents())
+    scan.contents.documents = documents
+    return scan.contents
 
 
-def _read(source: DropSource, drop_id: str, name: str, issues: list[DropIssue]) -> bytes | None:
-    """The file's bytes, or None with an issue when the name is unsafe or the file cannot be read."""
+class DropScan:
+    """One drop read as a stream: `documents()` yields them file by file; `contents` (issues, manifest, content
+    hash; `documents` left empty) is complete once the iterator is exhausted.
+
+    Each file is hashed in a sequential pass of its own and then parsed as a stream, so no file is ever held whole
+    (a plain-text document, at most max_document_bytes, aside). With `parse=False` only the content hash is
+    computed: what ingest needs to know whether it saw this content before.
+    """
+
+    def __init__(self, source: DropSource, drop_id: str, limit: int, progress=None, parse: bool = True) -> None:
+        self.source, self.drop_id, self.limit, self.parse = source, drop_id, limit, parse
+        self.progress = progress or (lambda n: None)
+        self.contents = DropContents(drop_id, [], content_hash({}), 0, None, [])
+
+    def documents(self) -> Iterator[Document]:
+        contents, drop_id = self.contents, self.drop_id
+        if not is_drop_id(drop_id):
+            contents.issues.append(invalid_id_issue(drop_id))
+            return
+        digests: dict[str, str] = {}
+        n_document_files = 0
+        for name in self.source.list_files(drop_id):
+            kind = file_kind(name)
+            if kind in ("document", "unsafe"):  # an unsafe name was meant as data: the drop is not "empty"
+                n_document_files += 1
+            if kind in (READY, "ignored") or (opened := _open(self.source, drop_id, name, contents.issues)) is None:
+                continue
+            opener, size = opened
+            digests[name] = _sha256(opener)
+            self.progress(size)
+            contents.n_bytes += size
+            if not self.parse:
+                continue
+            if kind == MANIFEST:
+                with opener() as raw:
+                    contents.manifest, issues = parse_manifest(raw.read(), drop_id)
+            else:
+                issues = FileIssues(name)
+                yield from iter_document_file(name, opener, size, self.limit, issues)
+            contents.issues += issues
+        if n_document_files == 0:
+            fix = "add .jsonl, .parquet or text files"
+            contents.issues.append(DropIssue("", None, "empty drop: no document files", fix))
+        contents.content_hash = content_hash(digests)
+        contents.issues = [replace(issue, drop_id=drop_id) for issue in contents.issues]
+
+
+def hash_drop(source: DropSource, drop_id: str) -> str:
+    """The drop's `content_hash`, from one sequential read of its files (nothing parsed)."""
+    scan = DropScan(source, drop_id, 0, parse=False)
+    for _ in scan.documents():
+        pass
+    return scan.contents.content_hash
+
+
+def _sha256(opener: Opener) -> str:
+    digest = hashlib.sha256()
+    with opener() as raw:
+        while chunk := raw.read(HASH_CHUNK):
+            digest.update(chunk)  # releases the GIL for large buffers
+    return digest.hexdigest()
+
+
+def _open(source: DropSource, drop_id: str, name: str, issues: list[DropIssue]) -> tuple[Opener, int] | None:
+    """An opener of the file and its size, or None with an issue when the name is unsafe or it cannot be read.
+
+    Sources with an `opener` (LocalSource) are streamed; others (S3Source, test sources) give bytes, held whole.
+    """
     reason = unsafe_name_reason(name)
     if reason:
         issues.append(DropIssue(name, None, f"unsafe name: {reason}", FIX_ESCAPE))
         return None
     try:
-        return source.read_bytes(drop_id, name)
+        if (open_file := getattr(source, "opener", None)) is not None:
+            return open_file(drop_id, name)
+        data = source.read_bytes(drop_id, name)
+        return (lambda: io.BytesIO(data)), len(data)
     except UnsafeNameError as exc:
         issues.append(DropIssue(name, None, str(exc), FIX_ESCAPE))
     except OSError as exc:  # S3 errors (auth, network) are not OSError: they propagate, as they are no data problem

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from components.adapters import s3 as s3_io
 from components.core.config import S3Config
@@ -79,6 +80,13 @@ class LocalSource:
         return sorted(names)
 
     def read_bytes(self, drop_id: str, name: str) -> bytes:
+        opener, _ = self.opener(drop_id, name)
+        with opener() as file:
+            return file.read()
+
+    def opener(self, drop_id: str, name: str) -> tuple[Callable[[], BinaryIO], int]:
+        """A function opening the file for reading (a stream, never the whole file in memory) and its size; the
+        same checks as `read_bytes`, made once, before anything is read."""
         _refuse_unsafe(name)
         drop_dir = self._drop_dir(drop_id).resolve()
         target = (drop_dir / name).resolve()
@@ -88,7 +96,7 @@ class LocalSource:
         if not stat.S_ISREG(mode):  # a FIFO would block the read forever; a directory cannot be read
             kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
             raise OSError(f"not a regular file but {kind}")
-        return target.read_bytes()
+        return (lambda: open(target, "rb")), target.stat().st_size
 
 
 def _raise(exc: OSError) -> None:

@@ -1,0 +1,126 @@
+"""One drop scanned as a stream into metadata plus a token spill, and the plan of what its commit writes.
+
+The scan reads the drop file by file (components.ingest.drops.DropScan: hashed, then parsed line by line or row
+group by row group), hashes each document and tokenizes the first occurrence of each hash in batches of at most
+TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text, appending the tokens to the spill
+(components.ingest.spill). No text is kept: memory holds the documents' hashes, the spill's offsets and one batch,
+whatever the drop's size. The plan (deduplication, split, every row's place) is decided from that metadata
+(components.core.packing.split_layouts); rows are built from the spill only when hashed, clustered and written.
+
+Documents the memory already holds are tokenized too: the lookup reads the whole document index
+(components.adapters.documents), once per drop, so it runs after the scan. The one case where that would be all
+waste, the re-check of a drop recorded `duplicate` with the same content, scans without tokenizing, and tokenizes
+in a second scan only if some of its documents are new again (a rollback removed the drops that held them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from components.adapters.memory import Memory
+from components.core.config import Settings
+from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_layouts
+from components.core.text import Tokenizer
+from components.ingest.clustering import assign_clusters
+from components.ingest.drops import DropContents, DropRef, DropScan, DropSource
+from components.ingest.spill import Spill
+
+TOKENIZE_DOCS = 256
+TOKENIZE_BYTES = 8 << 20
+
+
+@dataclass
+class Scanned:
+    contents: DropContents  # issues, manifest, content hash; `documents` stays empty
+    n_documents: int = 0  # every document read, empty ones included
+    hashes: list[str] = field(default_factory=list)  # every non-empty document's hash, in drop order
+    spilled: dict[str, int] | None = None  # hash -> spill index of its first occurrence; None: not tokenized
+
+
+def scan_drop(
+    source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, spill: Spill | None
+) -> Scanned:
+    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it."""
+    scan = DropScan(source, ref.drop_id, settings.ingest.max_document_bytes, bars.counter(f"read {ref.drop_id}", None))
+    out = Scanned(scan.contents, spilled=None if spill is None else {})
+    advance = bars.counter(f"tokenize {ref.drop_id}", None)
+    batch: list[str] = []
+    size = 0
+    for doc in scan.documents():
+        out.n_documents += 1
+        if not doc.text:  # an empty document would pack as a lone separator
+            continue
+        h = doc_hash(doc.text)
+        out.hashes.append(h)
+        if out.spilled is None or h in out.spilled or scan.contents.issues:  # a drop with issues is rejected
+            continue
+        out.spilled[h] = len(out.spilled)
+        batch.append(doc.text)
+        size += len(doc.text)
+        if len(batch) >= TOKENIZE_DOCS or size >= TOKENIZE_BYTES:
+            spill.append(tokenizer.encode_batch(batch))
+            advance(len(batch))
+            batch, size = [], 0
+    if batch:
+        spill.append(tokenizer.encode_batch(batch))
+        advance(len(batch))
+    return out
+
+
+@dataclass
+class Plan:
+    """What one drop will write, decided against the memory at `version`."""
+
+    version: int
+    keep: list[int]  # indices (into Scanned.hashes) of the documents to store
+    packed: SplitPacked | None = None
+    clusters: tuple[np.ndarray, np.ndarray] | None = None
+    too_small: str = ""
+
+
+def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
+    """Indices of the documents to store: the first of each hash that no live drop stored yet."""
+    known = memory.known_documents(hashes)
+    keep, seen = [], set()
+    for i, h in enumerate(hashes):
+        if h not in known and h not in seen:
+            seen.add(h)
+            keep.append(i)
+    return keep
+
+
+def plan_drop(
+    memory: Memory, scanned: Scanned, settings: Settings, tokenizer: Tokenizer, spill: Spill, rescan: Callable
+) -> Plan:
+    """Deduplicate against the memory, then split, lay out and cluster only the new documents.
+
+    `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring).
+    """
+    cfg = settings.ingest
+    plan = Plan(memory.version, new_documents(memory, scanned.hashes))
+    if not plan.keep:
+        return plan
+    if scanned.spilled is None:
+        scanned.spilled = rescan().spilled
+    keep_hashes = [scanned.hashes[i] for i in plan.keep]
+    at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
+    lengths = spill.lengths()[at]
+    try:
+        plan.packed = split_layouts(
+            lengths,
+            keep_hashes,
+            cfg.context_length,
+            tokenizer.eos_id,
+            tokenizer.pad_id,
+            cfg.holdout_fraction,
+            cfg.min_holdout_sequences,
+            fetch=lambda doc: spill.tokens(int(at[doc])),
+        )
+    except DropTooSmall as exc:
+        plan.too_small = str(exc)
+        return plan
+    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+    return plan
