@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -183,3 +185,47 @@ def test_the_drops_log_is_compacted_as_it_grows(cfg):
     log = memory.db.open_table(DROPS).to_lance()
     assert len(log.get_fragments()) <= 17
     assert [r.drop_id for r in memory.live()] == DROP_IDS and len(memory.records()) == 23
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumed_on_the_compacted_memory_equals_an_uninterrupted_run(tmp_path):
+    """Training killed (real SIGKILL) after a checkpoint, the memory compacted, training resumed: its weights and
+    sampler equal a run never interrupted, so the checkpoint's row ids still name the same rows."""
+    from safetensors.numpy import load_file
+
+    from components.adapters.lines import Line
+    from components.evaluation import evaluate_line
+    from components.training.loop import train_drop
+
+    tiny = {"train.n_layer": 1, "train.n_embd": 32, "train.n_head": 2, "train.batch_size": 8}
+    tiny |= {"train.warmup_steps": 2, "train.max_steps": 40, "train.checkpoint_every": 4}
+    three_drops(tmp_path / "drops")
+    runs = {}
+    for name in ("straight", "killed"):
+        run = settings_for(tmp_path / name, **tiny)
+        ingest_source(run, str(tmp_path / "drops"), show_progress=False)
+        train_drop(run, Memory.open(run), Line(run.home, "main"), "d1-code", "amr")
+        evaluate_line(run, Memory.open(run), Line(run.home, "main"))
+        runs[name] = run
+    straight, killed = runs["straight"], runs["killed"]
+    train_drop(straight, Memory.open(straight), Line(straight.home, "main"), "d2-licenses", "amr")
+    env = dict(os.environ, AMR_HOME=str(killed.home), PYTHONPATH=str(ROOT))
+    env |= {f"AMR_{k.replace('.', '__').upper()}": str(v) for k, v in (tiny | {"ingest.context_length": 64}).items()}
+    env |= {"AMR_INGEST__CLUSTERS_PER_DROP": "2", "AMR_INGEST__MIN_HOLDOUT_SEQUENCES": "2"}
+    cmd = [sys.executable, "-m", "components.cli", "train", "--strategy", "amr"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = killed.home / "lines" / "main" / "checkpoints" / "d2-licenses"
+    deadline = time.monotonic() + 180
+    while not any(ckpts.glob("step-*/state.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(ckpts.glob("step-*/state.json")), proc.stderr.read().decode()[-2000:]
+    memory = Memory.open(killed)
+    assert "tagged compacted-" in memory.compact(BIG).note
+    resumed = train_drop(killed, Memory.open(killed), Line(killed.home, "main"), "d2-licenses", "amr")
+    assert resumed.resumed_from_step > 0
+    a = load_file(str(Line(straight.home, "main").model_dir / "model.safetensors"))
+    b = load_file(str(Line(killed.home, "main").model_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert Line(straight.home, "main").state.sampler == Line(killed.home, "main").state.sampler
