@@ -7,7 +7,7 @@ would take hours on this machine and the take does not depend on the values), up
   (`prove`), and planning a refresh (`drop_indexes` + `indexed_arms` + the new drop's rows), median of `--repeats`;
   and the time of that one drop commit;
 * take, as written: `Memory.take` of `--take-rows` random row ids (uniform over the whole memory version) at each
-  checkpoint's memory version, `--take-calls` calls after 10 warm-up calls (p50 / p95 / mean);
+  checkpoint's memory version, `--take-calls` calls after 30 warm-up calls (p50 / p95 / mean);
 * take, compacted: the memory rolled back to each checkpoint's drops (`set_drops`), compacted
   (`Memory.compact`, `--rows-per-fragment`), and the same takes again; then rolled forward.
 * format (`--format-rows`): pylance alone, one fragment, the same take in Lance file format 2.1 and 2.2.
@@ -78,7 +78,7 @@ def drop_rows(meta: dict, drop_id: str, n: int, seed: int) -> tuple[pa.Table, Dr
 
 def take_summary(memory: Memory, version: int, rows: int, args) -> dict:
     rng = np.random.default_rng(7)
-    for _ in range(10):
+    for _ in range(30):  # warm-up: the version's manifest and the page cache
         memory.take(rng.integers(0, rows, args.take_rows), version)
     seconds, cpu = [], time.process_time()
     for _ in range(args.take_calls):

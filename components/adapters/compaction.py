@@ -64,7 +64,6 @@ def compact(memory, rows_per_fragment: int, min_fragments: int = 2) -> CompactRe
     tag, tags = f"{COMPACTED_PREFIX}{version}", table.tags.list()
     (table.tags.update if tag in tags else table.tags.create)(tag, int(table.version))  # the commit point
     memory._tables.clear()
-    memory._layouts.clear()
     seconds = time.perf_counter() - started
     note = f"{before} fragments -> {len(after.get_fragments())}, tagged {tag}"
     return CompactReport(version, int(table.version), before, len(after.get_fragments()), rows, seconds, note)

@@ -156,12 +156,13 @@ class Memory(Commits):
 
     def _layout(self, version: int) -> tuple[np.ndarray, np.ndarray]:
         """(fragment ids, first ordinal of each) of the version, in manifest order, plus the row count at the end."""
-        if version not in self._layouts:
-            frags = self.table(version).to_lance().get_fragments()
+        table = self.table(version)
+        if table.version not in self._layouts:  # keyed by the Lance version read, so it always matches the table
+            frags = table.to_lance().get_fragments()
             ids = np.array([f.fragment_id for f in frags], np.uint64)
             starts = np.r_[0, np.cumsum([f.metadata.physical_rows for f in frags], dtype=np.int64)]
-            self._layouts[version] = ids, starts
-        return self._layouts[version]
+            self._layouts[table.version] = ids, starts
+        return self._layouts[table.version]
 
     def addresses(self, ordinals: np.ndarray, version: int) -> np.ndarray:
         """Lance row addresses of the version's rows numbered `ordinals` (see the module docstring)."""

@@ -171,15 +171,19 @@ class DropIndex:
         frags = tuple((int(f), int(n)) for f, n in json.loads(rec.fragments))
         return cls(frags, tuple(int(n) for n in json.loads(rec.arm_rows)), base)
 
-    def row_ids(self, start: int, stop: int) -> np.ndarray:
-        """uint64 row ids of the rows written at positions [start, stop) of the drop, ascending."""
-        return np.arange(self.base + start, self.base + stop, dtype=np.uint64)
+    def train_range(self) -> tuple[int, int]:
+        """[start, stop) of the row ids of the drop's train rows."""
+        return self.base, self.base + sum(self.arm_rows)
 
     def train(self) -> np.ndarray:
         """Row ids of the drop's train rows."""
-        return self.row_ids(0, sum(self.arm_rows))
+        return np.arange(*self.train_range(), dtype=np.uint64)
+
+    def arm_ranges(self) -> list[tuple[int, tuple[int, int]]]:
+        """(cluster, [start, stop) of its row ids) of every cluster that has train rows, clusters ascending."""
+        edges = (self.base + np.r_[0, np.cumsum(self.arm_rows)]).tolist()
+        return [(c, (edges[c], edges[c + 1])) for c in range(len(self.arm_rows)) if self.arm_rows[c]]
 
     def arms(self) -> list[tuple[int, np.ndarray]]:
         """(cluster, row ids) of every cluster that has train rows, clusters ascending."""
-        edges = np.r_[0, np.cumsum(self.arm_rows)].tolist()
-        return [(c, self.row_ids(edges[c], edges[c + 1])) for c in range(len(self.arm_rows)) if self.arm_rows[c]]
+        return [(c, np.arange(a, b, dtype=np.uint64)) for c, (a, b) in self.arm_ranges()]
