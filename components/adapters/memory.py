@@ -49,6 +49,7 @@ from components.adapters.records import (
     MemoryStoreError,
     VerifyReport,
     storage_options,
+    tokenizer_identity,
 )
 from components.core.config import Settings
 
@@ -131,6 +132,10 @@ class Memory(Commits):
         for k in ("vocab_size", "eos_id", "pad_id", "context_length"):
             out[k] = int(out[k])
         return out
+
+    def tokenizer_identity(self) -> dict | None:
+        """The identity (core.text) of the tokenizer the memory was built with; None if empty or written before it."""
+        return tokenizer_identity(self.db.open_table(SEQUENCES).schema) if self._has(SEQUENCES) else None
 
     def physical(self, version: int, table=None) -> int:
         """The Lance version holding memory version `version`'s rows: its compaction if it has one, else itself."""

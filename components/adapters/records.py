@@ -36,6 +36,7 @@ TAG_PREFIXES = ("drop-", "superseded-")  # the tags this module owns; others (a 
 COMPACTED_PREFIX = "compacted-"  # compacted-<v>: the compaction of memory version v (components.adapters.compaction)
 SEQUENCES_FILE_VERSION = "2.1"  # Lance file format of a new sequences table (why: components.adapters.compaction)
 META_KEYS = ("tokenizer", "vocab_size", "eos_id", "pad_id", "context_length")
+TOKENIZER_ID = "amr.tokenizer_id"  # JSON of core.text's identity; absent in memories written before issue 13
 
 NEW_COLUMNS = {"duplicates": "CAST(0 AS BIGINT)"} | {
     c: "CAST('' AS STRING)" for c in ("rows_hash", "fragments", "arm_rows")
@@ -114,8 +115,15 @@ def sequences_schema(meta: dict[str, Any]) -> pa.Schema:
             ("cluster", pa.int32()),
             ("doc_hash", pa.string()),
         ],
-        metadata={f"amr.{k}": str(meta[k]) for k in META_KEYS},
+        metadata={f"amr.{k}": str(meta[k]) for k in META_KEYS}
+        | ({TOKENIZER_ID: json.dumps(meta["tokenizer_id"], sort_keys=True)} if meta.get("tokenizer_id") else {}),
     )
+
+
+def tokenizer_identity(schema: pa.Schema) -> dict | None:
+    """The tokenizer identity a sequences table was created with (None: written before identities existed)."""
+    raw = (schema.metadata or {}).get(TOKENIZER_ID.encode())
+    return json.loads(raw) if raw else None
 
 
 def check_drop_id(drop_id: str) -> str:

@@ -4,7 +4,7 @@ Exit codes: 0 success; 1 failure (bad configuration, unreachable store, crash); 
 refused); 3 busy (another refresh holds the memory).
 """
 
-from components.cli import data, orchestration, training, versioning  # noqa: F401  (they register the commands)
+from components.cli import data, models, orchestration, training, versioning  # noqa: F401  (they register the commands)
 from components.cli.base import app
 
 __all__ = ["app"]

@@ -30,6 +30,10 @@ def _print_reports(reports: list[DropReport]) -> None:
         )
     out.print(table)
     for r in reports:
+        if r.vs_base:  # a pretrained line: each drop's loss against the base model's
+            cells = "  ".join(f"{d} {'-' if v is None else f'{v:+.2%}'}" for d, v in r.vs_base.items())
+            out.print(f"{r.drop_id} vs base: {cells}", highlight=False)
+    for r in reports:
         failed = [x for x in r.reasons if x.startswith(("fail", "reject"))]
         if failed:
             out.print(f"[red]{r.drop_id}[/red]: " + "; ".join(failed), highlight=False)
@@ -48,6 +52,7 @@ def _run_refresh(
     from components.adapters.registry.tracking import RegistryError
     from components.cli.ephemeral import ServerStartError, temporary_server
     from components.cli.logs import library_logs_to, refresh_log
+    from components.core.text import TokenizerMismatch
     from flows.refresh import refresh as refresh_flow
 
     cfg = settings(ctx)
@@ -58,7 +63,7 @@ def _run_refresh(
     log = library_logs_to(refresh_log(cfg.home))
     out.print(f"[dim]Prefect's and MLflow's log lines go to {log}[/dim]", highlight=False)
     params = ctx.find_root().obj
-    with exits_on(ServerStartError, RegistryError), temporary_server():  # a busy refresh lock exits 3, a dead server 1
+    with exits_on(ServerStartError, RegistryError, TokenizerMismatch), temporary_server():  # busy: 3, else 1
         return refresh_flow(
             source=source,
             params=str(params) if params else None,
@@ -93,14 +98,20 @@ def serve(
     cron: str = typer.Option("0 3 * * *", "--cron", help="Cron schedule of the refresh deployment."),
     name: str = typer.Option("amr-refresh", "--name", help="Deployment name."),
 ) -> None:
-    """Serve the refresh flow on this machine on a cron schedule (Prefect `flow.serve`; Ctrl-C stops it)."""
+    """Serve the refresh flow on this machine on a cron schedule (Prefect `flow.serve`; Ctrl-C stops it).
+
+    Without PREFECT_API_URL it runs on a temporary server started as `amr refresh` starts it (tied to this process,
+    the same start-up limit, one line if it does not answer); that server has no scheduler, so Prefect warns:
+    point PREFECT_API_URL at `prefect server start` for the cron runs."""
+    from components.cli.ephemeral import ServerStartError, temporary_server
     from flows.refresh import refresh as refresh_flow
 
     settings(ctx)
     params = ctx.find_root().obj
-    refresh_flow.serve(
-        name=name, cron=cron, parameters={"source": source, "params": str(params) if params else None}, limit=1
-    )
+    with exits_on(ServerStartError), temporary_server():
+        refresh_flow.serve(
+            name=name, cron=cron, parameters={"source": source, "params": str(params) if params else None}, limit=1
+        )
 
 
 @app.command()

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from components.cli.base import app, bench_app, err, exits_on, open_line, out, settings
 from components.core.config import Settings
+from components.core.text import TokenizerMismatch
 
 
 def _train_progress(enabled: bool):
@@ -39,13 +40,14 @@ def train(
     from components.adapters.locks import refresh_lock
 
     cfg = settings(ctx, **{"replay.strategy": strategy, "train.nproc": nproc})
-    with exits_on(), refresh_lock(cfg.home):  # one writer of the home's lines at a time; busy: exit 3
+    with exits_on(TokenizerMismatch), refresh_lock(cfg.home):  # one writer of the home's lines at a time; busy: exit 3
         _train(cfg, line_name, drop)
 
 
 def _train(cfg: Settings, line_name: str, drop: str | None) -> None:
     from components.adapters.memory import Memory
     from components.evaluation import evaluate_line
+    from components.training.compat import check_model
     from components.training.loop import train_drop
 
     line = open_line(cfg, line_name)
@@ -55,6 +57,7 @@ def _train(cfg: Settings, line_name: str, drop: str | None) -> None:
         out.print(f"line {line_name} has trained on every ingested drop ({len(line.trained)}); nothing to do")
         return
     target = drop or todo[0]
+    check_model(cfg, memory.meta(), memory.tokenizer_identity(), line.model_dir)  # a mismatch: one line, exit 1
     if cfg.train.nproc > 1:
         from components.training.launcher import launch
 
@@ -87,6 +90,8 @@ def print_eval(m, f, png: Path) -> None:
     out.print(
         f"forgetting avg {f.avg:.4f}  max {f.max:.4f}  relative avg {f.rel_avg:.4f}  plasticity {f.plasticity:.4f}"
     )
+    if f.vs_base:  # a pretrained line: the last row against the (base) row, per drop
+        out.print("vs base  " + "  ".join(f"{d} {v:+.2%}" for d, v in f.vs_base.items()), highlight=False)
     out.print(f"heatmap: {png}")
 
 

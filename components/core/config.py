@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PARAMS = Path("params.yaml")
+BUILT_IN_MODELS = ("gpt2-tiny", "llama-tiny")  # built from a config with random weights; anything else is pretrained
 
 
 class ConfigError(ValueError):
@@ -31,7 +32,9 @@ class Section(BaseModel):
 
 
 class IngestConfig(Section):
-    context_length: int = Field(128, ge=8, le=65536, description="Tokens per packed training sequence.")
+    context_length: int = Field(
+        128, ge=8, le=4096, description="Tokens per packed training sequence (at most 4096: see evaluate's memory)."
+    )
     holdout_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of each drop's tokens held out (whole documents, hash order)."
     )
@@ -43,7 +46,9 @@ class IngestConfig(Section):
         1_000_000, ge=16, description="Largest document (a JSONL line, a parquet cell or a text file) accepted."
     )
     tokenizer: str = Field(
-        "byte", description="'byte' (ByT5 byte-level, no download) or a local Hugging Face tokenizer directory."
+        "byte",
+        description="'byte' (ByT5 byte-level, no download), a model imported by `amr model import` (its name) or a "
+        "local Hugging Face tokenizer directory.",
     )
     seed: int = Field(0, description="Seed of the k-means clustering.")
 
@@ -104,14 +109,35 @@ class ReplayConfig(Section):
 
 class TrainConfig(Section):
     model: str = Field(
-        "gpt2-tiny", description="'gpt2-tiny' or 'llama-tiny' (built from a config) or a local model directory."
+        "gpt2-tiny",
+        description="'gpt2-tiny' or 'llama-tiny' (built from a config), a model imported by `amr model import` (its "
+        "name) or a local model directory.",
     )
     n_layer: int = Field(2, ge=1, description="Layers of a model built from a config.")
     n_embd: int = Field(128, ge=8, description="Hidden size of a model built from a config.")
     n_head: int = Field(4, ge=1, description="Attention heads of a model built from a config.")
     batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (all ranks, all micro-batches).")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate, reached after warm-up.")
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step: the batch is split so it fits memory, with the gradient of "
+        "the whole batch (each micro-batch's token-loss sum is divided by the whole batch's token count).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of keeping them (transformers' "
+        "activation checkpointing, non-reentrant): about a third more compute for far less activation memory.",
+    )
+    lr: float = Field(1e-3, gt=0.0, description="Peak learning rate of a built-in model, reached after warm-up.")
+    pretrained_lr: float = Field(
+        1e-4,
+        gt=0.0,
+        description="Peak learning rate, re-warmed at every refresh, of a line that continues a pretrained model "
+        "(`model` a local directory). Continual pre-training re-warms then re-decays the rate on each new drop "
+        "(Ibrahim et al. 2024, 'Simple and scalable strategies to continually pre-train LLMs'): re-warming to the "
+        "original pretraining peak (about 3e-4 for models of this size) adapts fastest but forgets most, so the "
+        "default is about a third of it. `lr` stays the peak of the built-in models trained from scratch.",
+    )
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay floor, as a share of lr.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps at the start of every refresh.")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
@@ -122,6 +148,16 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of model init, data order and dropout.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:N]'.")
     nproc: int = Field(1, ge=1, description="Processes for torchrun data parallelism.")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether `model` names weights to continue (a local directory) rather than a built-in model from scratch."""
+        return self.model not in BUILT_IN_MODELS
+
+    @property
+    def peak_lr(self) -> float:
+        """The peak of every refresh's warm-up + cosine schedule: `pretrained_lr` for a pretrained line, else `lr`."""
+        return self.pretrained_lr if self.pretrained else self.lr
 
 
 class EvaluateConfig(Section):
@@ -209,8 +245,11 @@ def _describe(exc: ValidationError, params: Path | None) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_settings(params: Path | str | None = None, **overrides: Any) -> Settings:
-    """Load params.yaml (or `params`), apply AMR_* environment variables, then `overrides` (CLI flags)."""
+def load_settings(params: Path | str | None = None, *, resolve_names: bool = True, **overrides: Any) -> Settings:
+    """Load params.yaml (or `params`), apply AMR_* environment variables, then `overrides` (CLI flags).
+
+    `resolve_names=False` leaves model names unresolved: `amr model import` must run before the name exists.
+    """
     path = Path(params) if params is not None else DEFAULT_PARAMS
     if params is not None and not path.exists():
         raise ConfigError(f"{path}: params file not found. Pass an existing file to --params.")
@@ -228,4 +267,36 @@ def load_settings(params: Path | str | None = None, **overrides: Any) -> Setting
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"]
             raise ConfigError(f"invalid configuration:\n  {dotted} = {value!r} (from the command line): {msg}") from exc
+    if resolve_names:
+        resolve_model_names(settings)
     return settings
+
+
+BUILT_IN_NAMES = {"ingest.tokenizer": ("byte",), "train.model": ("gpt2-tiny", "llama-tiny")}
+
+
+def models_dir(home: Path) -> Path:
+    """Where `amr model import` writes: one plain Hugging Face directory per imported model."""
+    return Path(home) / "models"
+
+
+def resolve_model_names(settings: Settings) -> None:
+    """`train.model` and `ingest.tokenizer` given as a bare name become `$AMR_HOME/models/NAME`, once, here.
+
+    A value with a path separator (or an existing directory) stays a path; a bare name that names no imported
+    model fails with the key, the value and how to import it.
+    """
+    for dotted, built_in in BUILT_IN_NAMES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(settings, section), key)
+        if value in built_in or "/" in value or os.sep in value:
+            continue
+        imported = models_dir(settings.home) / value
+        if imported.is_dir():
+            setattr(getattr(settings, section), key, str(imported))
+        elif not Path(value).is_dir():
+            raise ConfigError(
+                f"{dotted} = {value!r}: no model named {value!r} in {models_dir(settings.home)} (and no such "
+                f"directory). Import it first: `amr model import SOURCE --name {value}`, or use "
+                f"{', '.join(repr(b) for b in built_in)} or a directory path."
+            )

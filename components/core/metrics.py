@@ -11,6 +11,12 @@ Conventions chosen where the design is silent:
     right after training j is thus its baseline, and forgetting is measured against the best j ever had.
   * A past drop whose current or earlier losses are all NaN gets F_j = NaN, and the aggregates become NaN:
     a missing measurement stays visible instead of silently averaging to less forgetting.
+  * A line that continues a pretrained model has a first row `(base)`: the unchanged base weights on each drop,
+    measured when the drop is first evaluated (the held-out data never changes, so that is the loss before any
+    training on it). It is never a drop's best-ever loss (forgetting counts from the drop's own training row);
+    `vs_base` compares the current row with it instead: (L_j(now) - base_j) / base_j, > 0 when the line is worse
+    than the model it started from. Built-in models trained from scratch have no base row: their random weights
+    score about ln(vocabulary), which the gate's divergence check already requires beating.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from matplotlib.figure import Figure
 
 from components.core.files import atomic_write
 from components.core.plots import save_png
+
+BASE_ROW = "(base)"  # the row of the pretrained weights a line started from (never a drop id: ids have no parens)
 
 
 @dataclass
@@ -58,6 +66,32 @@ class LossMatrix:
         self.values = values
         return self
 
+    def set_base(self, losses: Mapping[str, float]) -> LossMatrix:
+        """Fill the `(base)` row (created as the first row if absent) with `losses`; returns self, changed in place.
+
+        Drops not seen before become new columns (NaN in the other rows); cells already measured are replaced."""
+        if BASE_ROW not in self.rows:
+            self.rows = [BASE_ROW, *self.rows]
+            self.values = np.vstack([np.full((1, len(self.drops)), np.nan), self.values])
+        new = [d for d in losses if d not in self.drops]
+        self.values = np.pad(self.values, ((0, 0), (0, len(new))), constant_values=np.nan)
+        self.drops = self.drops + new
+        for drop, value in losses.items():
+            self.values[0, self.drops.index(drop)] = float(value)
+        return self
+
+    @property
+    def base(self) -> dict[str, float]:
+        """The base row's measured losses per drop ({} without a base row); a cell never measured is left out."""
+        if BASE_ROW not in self.rows:
+            return {}
+        row = self.values[self.rows.index(BASE_ROW)]
+        return {d: float(v) for d, v in zip(self.drops, row, strict=True) if not math.isnan(v)}
+
+    def base_lacks(self, drops: list[str]) -> list[str]:
+        """Those of `drops` whose base loss has not been measured yet."""
+        return [d for d in drops if d not in self.base]
+
     def loss(self, row: str, drop: str) -> float:
         return float(self.values[self.rows.index(row), self.drops.index(drop)])
 
@@ -81,20 +115,23 @@ class Forgetting:
     max: float
     rel_avg: float
     plasticity: float  # L_new(now): loss on the drop trained in the last row; NaN if not measured
+    vs_base: dict[str, float] = field(default_factory=dict)  # (L_j(now) - base_j) / base_j; {} without a base row
 
 
 def _training_row(m: LossMatrix, j: int) -> int:
     drop = m.drops[j]
     if drop in m.rows:
         return m.rows.index(drop)
-    measured = np.flatnonzero(np.isfinite(m.values[:, j]))
+    trained = np.array([r != BASE_ROW for r in m.rows], dtype=bool)
+    measured = np.flatnonzero(np.isfinite(m.values[:, j]) & trained)
     return int(measured[0]) if measured.size else len(m.rows)
 
 
 def forgetting(m: LossMatrix) -> Forgetting:
     """Forgetting of every past drop at the last row of `m`, and plasticity on the newest drop."""
-    if not m.rows:
-        raise ValueError("forgetting of an empty loss matrix is undefined: evaluate at least once")
+    if not m.rows or m.rows[-1] == BASE_ROW:
+        what = "an empty loss matrix" if not m.rows else "a loss matrix with only its base row"
+        raise ValueError(f"forgetting of {what} is undefined: evaluate at least once after training")
     now, current = len(m.rows) - 1, m.rows[-1]
     per_drop: dict[str, float] = {}
     relative: dict[str, float] = {}
@@ -122,7 +159,23 @@ def forgetting(m: LossMatrix) -> Forgetting:
         max=agg(list(per_drop.values()), np.max),
         rel_avg=agg(list(relative.values()), np.mean),
         plasticity=plasticity,
+        vs_base=vs_base(m),
     )
+
+
+def vs_base(m: LossMatrix) -> dict[str, float]:
+    """Relative loss change of every drop at the last row against the base row: (L_j(now) - base_j) / base_j.
+
+    Positive: the line now does worse on drop j than the pretrained model it started from (for a past drop, what it
+    forgot of what the base knew); negative: better. NaN where either loss is not finite or the base loss is 0."""
+    base = m.base
+    out = {}
+    for j, drop in enumerate(m.drops):
+        if drop not in base:
+            continue
+        now, b = float(m.values[-1, j]), base[drop]
+        out[drop] = (now - b) / b if math.isfinite(now) and math.isfinite(b) and b > 0 else math.nan
+    return out
 
 
 def matrix_csv(m: LossMatrix) -> str:

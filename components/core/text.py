@@ -4,15 +4,27 @@ Ingest only needs batches of token ids, the ids of eos and pad, and the vocabula
 that is all `Tokenizer` exposes. Special tokens are never added by `encode_batch`: packing appends eos itself.
 Text that happens to contain a special token's spelling (say "</s>") is encoded as plain text, so the data of a
 drop cannot inject control tokens into the training stream.
+
+Speed: a fast (Rust) tokenizer encodes through `tokenizers`' `encode_batch_fast`, which releases the GIL, runs
+the batch on the Rust thread pool and computes no offsets: the same ids as transformers' `tokenizer(texts)`
+(tests/test_tokenizer_real.py checks it) at a fraction of the CPU. Slow (Python) tokenizers keep transformers' call.
+
+Identity: `identity` is what decides whether two tokenizers give the same ids: the sha256 of the tokenizer as its
+backend serialises it (the `tokenizer.json` contents, canonicalised, so a re-saved or moved copy keeps it; a slow
+tokenizer hashes its sorted vocabulary), the vocabulary size, and the eos token and id. The memory records it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+BYTE_IDENTITY_SHA = "byt5-utf8-bytes"  # the byte tokenizer is defined by code, not files
 
 
 class Tokenizer(Protocol):
@@ -20,6 +32,7 @@ class Tokenizer(Protocol):
     vocab_size: int
     eos_id: int
     pad_id: int
+    identity: dict
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
 
@@ -43,6 +56,7 @@ class ByteTokenizer:
         self.eos_id = int(self._hf.eos_token_id)
         self.pad_id = int(self._hf.pad_token_id)
         self._offset = int(self._hf.offset)
+        self.identity = make_identity(BYTE_IDENTITY_SHA, self.vocab_size, str(self._hf.eos_token), self.eos_id)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) + self._offset for t in texts]
@@ -74,10 +88,18 @@ class HFTokenizer:
         self.eos_id = int(self._hf.eos_token_id)
         pad = self._hf.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_id  # pad is masked by `length`, so eos is safe
+        self._rust = getattr(self._hf, "backend_tokenizer", None) if self._hf.is_fast else None
+        if self._rust is not None:
+            self._rust = self._rust.__class__.from_str(self._rust.to_str())  # our own copy: the flag below is ours
+            self._rust.encode_special_tokens = True  # a literal "<|endoftext|>" in the data stays text
+        self.identity = make_identity(_definition_sha(self._hf), self.vocab_size, str(self._hf.eos_token), self.eos_id)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         if not texts:
             return []
+        if self._rust is not None:
+            encodings = self._rust.encode_batch_fast(list(texts), add_special_tokens=False)
+            return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
         out = self._hf(
             list(texts),
             add_special_tokens=False,
@@ -92,6 +114,33 @@ class HFTokenizer:
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def make_identity(sha256: str, vocab_size: int, eos: str, eos_id: int) -> dict:
+    return {"sha256": sha256, "vocab_size": int(vocab_size), "eos": eos, "eos_id": int(eos_id)}
+
+
+def describe_identity(identity: dict | None) -> str:
+    """One line for error messages: `sha256 1a2b3c4d5e6f, vocabulary 49152, eos '<|im_end|>' (2)`."""
+    if not identity:
+        return "no identity recorded"
+    sha = identity.get("sha256", "")
+    sha = sha if sha == BYTE_IDENTITY_SHA else f"sha256 {sha[:12]}" if sha else "sha256 unknown"
+    eos = f", eos {identity['eos']!r} ({identity['eos_id']})" if identity.get("eos") else ""
+    return f"{sha}, vocabulary {identity.get('vocab_size')}{eos}"
+
+
+def _definition_sha(hf) -> str:
+    """sha256 of what defines the ids: the canonical tokenizer.json of a fast tokenizer, else the sorted vocabulary."""
+    backend = getattr(hf, "backend_tokenizer", None) if hf.is_fast else None
+    if backend is not None:
+        data = json.loads(backend.to_str())
+        for key in ("truncation", "padding"):  # call-time settings, not the mapping from text to ids
+            data.pop(key, None)
+        text = json.dumps(data, sort_keys=True, ensure_ascii=False)
+    else:
+        text = json.dumps(sorted(hf.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
     """'byte' -> ByteTokenizer; anything else must be a local directory holding a saved HF tokenizer."""
     if spec == "byte":
@@ -102,3 +151,19 @@ def load_tokenizer(spec: str) -> Tokenizer:
             "(one written by save_pretrained)"
         )
     return HFTokenizer(spec)
+
+
+class TokenizerMismatch(ValueError):
+    """Two tokenizers would give different ids for the same text; the message shows both identities and the fix."""
+
+
+def same_tokenizer(recorded: dict, recorded_identity: dict | None, spec: str, identity: dict) -> bool:
+    """Whether `identity` (tokenizer `spec`) gives the ids of a memory built with `recorded` (its meta).
+
+    A memory written before identities were recorded is compared by spec, vocabulary size and eos id.
+    """
+    if recorded_identity:
+        keys = ("sha256", "vocab_size", "eos_id")
+        return all(recorded_identity.get(k) == identity.get(k) for k in keys)
+    old = (str(recorded.get("tokenizer")), int(recorded.get("vocab_size", -1)), int(recorded.get("eos_id", -1)))
+    return old == (spec, identity["vocab_size"], identity["eos_id"])

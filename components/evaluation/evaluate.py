@@ -10,6 +10,8 @@ Losses are token-weighted means in nats/token (every predicted token counts once
   text after the same training). Against a held-out reference that gap, not forgetting, decides which arm looks
   worse. Against a train probe, loss - reference is the change since the last evaluation: forgetting. The probe
   costs a few hundred forward passes at evaluation time and none during training.
+* Base loss per drop (a line that continues a pretrained model): the row `(base)` of the loss matrix, measured
+  once per drop with the unchanged weights of `train.model` (components/core/metrics.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from components.adapters.lines import Line
 from components.adapters.memory import Memory
 from components.core.config import Settings
 from components.core.metrics import Forgetting, LossMatrix, forgetting, write_matrix_artifacts
-from components.training.model import load_model
+from components.training.model import build_model, load_model
 from components.training.trainer import per_sample_loss
 
 FETCH_ROWS = 1024
@@ -103,26 +105,62 @@ def _probe(index: pa.Table, drops: list[str], per_arm: int, seed: int) -> pa.Tab
     return train.take(pa.array(np.sort(order[rank < per_arm])))
 
 
-def measure(model, memory: Memory, version: int, drops: list[str], settings: Settings) -> Measured:
-    """Held-out loss per drop, the train-probe reference loss per arm ("drop/cluster" and "drop"), and how many
-    held-out sequences per drop got a non-finite loss."""
-    cfg = settings.evaluate
-    index = memory.index(version, columns=("drop_id", "split", "cluster", "position", "length"))
+def held_out(model, memory: Memory, version: int, drops: list[str], settings: Settings) -> tuple[dict, dict]:
+    """Held-out loss per drop (token-weighted, non-finite if any sequence's is) and how many held-out sequences per
+    drop got a non-finite loss."""
+    index = memory.index(version, columns=("drop_id", "split", "position", "length"))
     holdout = _select(index, drops, "holdout")
-    if cfg.max_sequences_per_drop is not None:
-        holdout = holdout.filter(pc.less(holdout["position"], cfg.max_sequences_per_drop))
+    cap = settings.evaluate.max_sequences_per_drop
+    if cap is not None:
+        holdout = holdout.filter(pc.less(holdout["position"], cap))
     held_drops, held_losses = holdout.column("drop_id").to_pylist(), _losses(model, memory, version, holdout, settings)
     held = _weighted_means(held_drops, held_losses, holdout.column("length").to_numpy(), strict=True)
     bad = np.asarray(held_drops, dtype=object)[~np.isfinite(held_losses) & (holdout.column("length").to_numpy() > 1)]
     nonfinite = {d: int(np.sum(bad == d)) for d in drops if np.any(bad == d)}
-    probe = _probe(index, drops, cfg.reference_sequences_per_arm, settings.replay.seed)
+    return {d: held.get(d, float("nan")) for d in drops}, nonfinite
+
+
+def measure(model, memory: Memory, version: int, drops: list[str], settings: Settings) -> Measured:
+    """Held-out loss per drop, the train-probe reference loss per arm ("drop/cluster" and "drop"), and how many
+    held-out sequences per drop got a non-finite loss."""
+    losses, nonfinite = held_out(model, memory, version, drops, settings)
+    index = memory.index(version, columns=("drop_id", "split", "cluster", "length"))
+    probe = _probe(index, drops, settings.evaluate.reference_sequences_per_arm, settings.replay.seed)
     probe_losses, probe_lengths = _losses(model, memory, version, probe, settings), probe.column("length").to_numpy()
     drop_ids = probe.column("drop_id").to_pylist()
     arms = [f"{d}/{c}" for d, c in zip(drop_ids, probe.column("cluster").to_pylist(), strict=True)]
     reference = _weighted_means(arms, probe_losses, probe_lengths, strict=False) | _weighted_means(
         drop_ids, probe_losses, probe_lengths, strict=False
     )
-    return Measured({d: held.get(d, float("nan")) for d in drops}, reference, nonfinite)
+    return Measured(losses, reference, nonfinite)
+
+
+def base_origin(settings: Settings, line: Line) -> str | None:
+    """The pretrained model directory the line started from, or None for a line of a built-in model.
+
+    A state file older than the recorded origin falls back to the configured `train.model`."""
+    origin = line.state.origin or settings.train.model
+    return origin if settings.train.model_copy(update={"model": origin}).pretrained else None
+
+
+def measure_base(settings: Settings, memory: Memory, line: Line, matrix: LossMatrix) -> LossMatrix:
+    """Fill the `(base)` row of a pretrained line for every trained drop it lacks: the unchanged base weights on
+    the drop's held-out data, which never changes, so this is its loss before any training on it."""
+    origin = base_origin(settings, line)
+    lacking = matrix.base_lacks(line.trained) if origin else []
+    if not lacking:
+        return matrix
+    meta = memory.meta()
+    cfg = settings.train.model_copy(update={"model": origin})
+    try:
+        base = build_model(cfg, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"line {line.name}: its base model {origin} (the `(base)` row of its loss matrix, measured on each new "
+            f"drop) does not load: {exc}. Fix: put that model back, or train a new line (--line) from another one"
+        ) from None
+    losses, _ = held_out(base, memory, memory.version, lacking, settings)
+    return matrix.set_base(losses)
 
 
 def evaluate_line(settings: Settings, memory: Memory, line: Line, model=None) -> Evaluation:
@@ -138,6 +176,7 @@ def evaluate_line(settings: Settings, memory: Memory, line: Line, model=None) ->
         keep = [i for i, r in enumerate(matrix.rows) if r != label]
         matrix = LossMatrix(matrix.drops, [matrix.rows[i] for i in keep], matrix.values[keep])
     matrix.add_row(label, drop_losses)
+    matrix = measure_base(settings, memory, line, matrix)
     line.commit_evaluation(matrix, reference)
     artifacts = write_matrix_artifacts(matrix, line.root / "eval")
     uniform = math.log(memory.meta()["vocab_size"])

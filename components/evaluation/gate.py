@@ -5,7 +5,10 @@ knew and learned the new drop:
   * every past drop j:  regression_j = (cand_j - champ_j) / champ_j        <= max_regression
                         forgetting_j = (cand_j - best_ever_j) / best_ever_j <= max_forgetting
   * the new drop:       gain = (champ_new - cand_new) / champ_new           >= min_gain
-With no champion yet, the candidate is promoted iff it has at least one loss and every loss is finite.
+The baseline ("champion" below) is the champion; with none yet, for a line that continues a pretrained model, the
+base model (the loss matrix's `(base)` row: the candidate must gain on the new drop and keep what the base knew);
+otherwise the newest version a gate judged before. With no baseline at all (the very first version of a line
+trained from scratch), the candidate is promoted iff it has at least one loss and every loss is finite.
 
 Fail closed: a metric a check needs that is missing, non-finite or out of range (a loss below zero, a zero
 denominator) rejects the candidate with a reason naming it. So does a drop the champion or the best-ever
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from components.core.config import GateConfig
 
@@ -37,6 +40,14 @@ class Candidate:
 class Champion:
     version: str
     losses: Mapping[str, float]  # the champion re-evaluated now, on the same held-out data
+    kind: Literal["champion", "previous", "base"] = "champion"  # previous: the newest version judged, no champion
+
+    @property
+    def name(self) -> str:
+        """How reasons name the baseline."""
+        if self.kind == "base":
+            return f"base model {self.version}"
+        return f"{'champion' if self.kind == 'champion' else 'previous'} version {self.version}"
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,12 @@ def _first_champion(candidate: Candidate) -> Decision:
 def _against_champion(candidate: Candidate, champion: Champion, limits: GateConfig) -> Decision:
     new = candidate.new_drop
     past = [d for d in dict.fromkeys([*candidate.losses, *champion.losses, *candidate.best_ever]) if d != new]
-    reasons = [f"candidate for new drop {new} vs champion version {champion.version}"]
+    why = {
+        "champion": "",
+        "previous": " (no champion yet)",
+        "base": " (no champion yet: the model the line started from)",
+    }
+    reasons = [f"candidate for new drop {new} vs {champion.name}{why[champion.kind]}"]
     rows = [_check_past(drop, candidate, champion, limits, reasons) for drop in past]
     rows.append(_check_new(candidate, champion, limits, reasons))
     promote = all(row["ok"] for row in rows)
@@ -134,7 +150,7 @@ def _against_champion(candidate: Candidate, champion: Champion, limits: GateConf
 def _check_past(drop: str, cand: Candidate, champ: Champion, limits: GateConfig, reasons: list[str]) -> dict:
     c, h, b = cand.losses.get(drop), champ.losses.get(drop), cand.best_ever.get(drop)
     limit = f"regression <= {limits.max_regression:.2%}, forgetting <= {limits.max_forgetting:.2%}"
-    missing = _missing(drop, (("candidate", c, False), ("champion", h, True), ("best-ever", b, True)))
+    missing = _missing(drop, (("candidate", c, False), (champ.kind, h, True), ("best-ever", b, True)))
     if missing:
         reasons += missing
         return _row(drop, "past", c, h, b, limit, False)
@@ -142,7 +158,7 @@ def _check_past(drop: str, cand: Candidate, champ: Champion, limits: GateConfig,
     regression, forgetting = (c - h) / h, (c - b) / b
     ok_reg, ok_forg = _at_most(regression, limits.max_regression), _at_most(forgetting, limits.max_forgetting)
     reasons.append(
-        f"{_mark(ok_reg)} drop {drop}: loss {c:.4f} vs champion {h:.4f} ({regression:+.2%}), "
+        f"{_mark(ok_reg)} drop {drop}: loss {c:.4f} vs {champ.kind} {h:.4f} ({regression:+.2%}), "
         f"{'within' if ok_reg else 'above'} the {limits.max_regression:.2%} regression limit"
     )
     reasons.append(
@@ -156,7 +172,7 @@ def _check_new(cand: Candidate, champ: Champion, limits: GateConfig, reasons: li
     drop = cand.new_drop
     c, h = cand.losses.get(drop), champ.losses.get(drop)
     limit = f"gain >= {limits.min_gain:.2%}"
-    missing = _missing(drop, (("candidate", c, False), ("champion", h, True)))
+    missing = _missing(drop, (("candidate", c, False), (champ.kind, h, True)))
     if missing:
         reasons += missing
         return _row(drop, "new", c, h, None, limit, False)
@@ -164,7 +180,7 @@ def _check_new(cand: Candidate, champ: Champion, limits: GateConfig, reasons: li
     gain = (h - c) / h
     ok = _at_most(-gain, -limits.min_gain)
     reasons.append(
-        f"{_mark(ok)} new drop {drop}: loss {c:.4f} vs champion {h:.4f} (gain {gain:+.2%}), "
+        f"{_mark(ok)} new drop {drop}: loss {c:.4f} vs {champ.kind} {h:.4f} (gain {gain:+.2%}), "
         f"{'meets' if ok else 'below'} the minimum gain {limits.min_gain:.2%}"
     )
     return _row(drop, "new", c, h, None, limit, ok, regression=-gain)

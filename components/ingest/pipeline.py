@@ -39,7 +39,7 @@ from components.adapters.records import DUPLICATE, DropRecord, sequences_schema
 from components.core.config import Settings
 from components.core.ids import is_drop_id
 from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_and_pack
-from components.core.text import Tokenizer, load_tokenizer
+from components.core.text import Tokenizer, TokenizerMismatch, describe_identity, load_tokenizer, same_tokenizer
 from components.ingest.clustering import assign_clusters
 from components.ingest.drops import DropContents, DropRef, DropSource, invalid_id_issue, open_source, read_drop
 from components.ingest.rows import bookkeeping, record_batches
@@ -102,9 +102,29 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], advance: Callable[[int], No
     return out
 
 
-def memory_meta(settings: Settings, tokenizer: Tokenizer) -> dict:
+def check_tokenizer(memory: Memory, settings: Settings, tokenizer: Tokenizer) -> None:
+    """Refuse, before any drop is read, a tokenizer whose ids differ from those the memory was built with."""
+    recorded = memory.meta()
+    if recorded is None or not recorded["vocab_size"]:
+        return
+    have = memory.tokenizer_identity()
+    if not same_tokenizer(recorded, have, settings.ingest.tokenizer, tokenizer.identity):
+        had = describe_identity(have) if have else f"{recorded['tokenizer']!r}, vocabulary {recorded['vocab_size']}"
+        raise TokenizerMismatch(
+            f"ingest.tokenizer = {settings.ingest.tokenizer!r} ({describe_identity(tokenizer.identity)}) is not the "
+            f"tokenizer the memory at {memory.uri} was built with ({had}): the same ids would mean other text. Fix: "
+            "set ingest.tokenizer back to the memory's tokenizer, or point memory.uri at a new memory."
+        )
+
+
+def memory_meta(settings: Settings, tokenizer: Tokenizer, recorded: dict | None = None) -> dict:
+    """The memory's schema metadata; a tokenizer moved or re-saved (same identity) keeps the recorded spec."""
+    spec = settings.ingest.tokenizer
+    if recorded and recorded.get("tokenizer_id") == tokenizer.identity:
+        spec = recorded["tokenizer"]
     return {
-        "tokenizer": settings.ingest.tokenizer,
+        "tokenizer_id": tokenizer.identity,
+        "tokenizer": spec,
         "vocab_size": tokenizer.vocab_size,
         "eos_id": tokenizer.eos_id,
         "pad_id": tokenizer.pad_id,
@@ -225,7 +245,7 @@ def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokeni
     rec.tokens = int(packed.train.lengths.sum() + packed.holdout.lengths.sum())
     rec.clusters = int(clusters[0].max()) + 1
     bookkeeping(rec, packed, clusters)  # the row digest and the row-id index, computed once (components.ingest.rows)
-    meta = memory_meta(settings, tokenizer)
+    meta = memory_meta(settings, tokenizer, (mem.meta() or {}) | {"tokenizer_id": mem.tokenizer_identity()})
     schema = sequences_schema(meta)
     advance = bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)
     reader = pa.RecordBatchReader.from_batches(schema, record_batches(rec.drop_id, packed, clusters, schema, advance))
@@ -264,6 +284,7 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
     source = open_source(location, settings.s3)
     memory = Memory.open(settings)
     tokenizer = load_tokenizer(settings.ingest.tokenizer)
+    check_tokenizer(memory, settings, tokenizer)
     results: list[IngestResult] = []
     with Bars(show_progress) as bars:
         for ref in source.list_drops():

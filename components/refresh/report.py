@@ -2,7 +2,8 @@
 
 Written into the output directory (default `metrics/`), each deterministic for the same line state:
   refresh.json           DVC metrics of the last refresh: forgetting (avg, max, relative, per drop), plasticity,
-                         held-out loss per drop, memory version and the gate decision
+                         held-out loss per drop, memory version, the gate decision and, for a line that continues
+                         a pretrained model, the base model's loss and `vs_base` (relative change against it)
   history.csv            one row per refresh of those figures (a DVC data-series plot: `dvc plots diff` compares
                          them across commits and experiments)
   forgetting.png         forgetting of every drop after every refresh (an image plot: one line per drop)
@@ -29,7 +30,7 @@ from components.adapters import registry
 from components.adapters.lines import Line
 from components.core.config import Settings
 from components.core.files import atomic_write
-from components.core.metrics import Forgetting, LossMatrix, forgetting
+from components.core.metrics import BASE_ROW, Forgetting, LossMatrix, forgetting
 from components.core.plots import plot_arm_probabilities, save_png
 
 HISTORY_FIELDS = ("refresh", "drop", "forgetting_avg", "forgetting_max", "rel_forgetting_avg", "plasticity")
@@ -40,10 +41,15 @@ def _finite(x: float) -> float | None:
 
 
 def forgetting_history(m: LossMatrix) -> list[tuple[str, Forgetting]]:
-    """Forgetting after every refresh t, over the drops measured up to t (later drops are not "past" yet)."""
+    """Forgetting after every refresh t, over the drops measured up to t (later drops are not "past" yet).
+
+    The `(base)` row of a pretrained line is no refresh; it stays in every sub-matrix, so `vs_base` compares each
+    refresh with the base model on the drops seen by then."""
     out = []
-    for t in range(len(m.rows)):
-        seen = [j for j in range(len(m.drops)) if np.isfinite(m.values[: t + 1, j]).any()]
+    base = [BASE_ROW] if BASE_ROW in m.rows else []
+    for t in range(len(base), len(m.rows)):
+        trained = m.values[len(base) : t + 1]
+        seen = [j for j in range(len(m.drops)) if np.isfinite(trained[:, j]).any()]
         sub = LossMatrix([m.drops[j] for j in seen], m.rows[: t + 1], m.values[: t + 1][:, seen])
         out.append((m.rows[t], forgetting(sub)))
     return out
@@ -106,6 +112,8 @@ def write_stage_outputs(settings: Settings, line_name: str, out_dir: Path) -> di
         "plasticity": _finite(f.plasticity),
         "forgetting": {d: _finite(v) for d, v in f.per_drop.items()},
         "loss": {d: _finite(line.matrix.loss(drop, d)) for d in line.matrix.drops},
+        "base_loss": {d: _finite(v) for d, v in line.matrix.base.items()},  # {} for a line of a built-in model
+        "vs_base": {d: _finite(v) for d, v in f.vs_base.items()},
         "gate": {
             "decision": run.get("gate", "none"),
             "promoted": run.get("gate") in ("promoted", "manual"),

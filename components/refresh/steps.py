@@ -34,9 +34,11 @@ from components.adapters import locks, registry
 from components.adapters.lines import Line
 from components.adapters.memory import Memory
 from components.core.config import Settings
+from components.core.metrics import BASE_ROW
 from components.core.plots import plot_arm_probabilities
 from components.evaluation import Evaluation, evaluate_line, measure
 from components.evaluation.gate import Candidate, Champion, Decision, decide
+from components.training.compat import check_model
 from components.training.launcher import launch
 from components.training.loop import TrainResult, train_drop
 from components.training.model import load_model
@@ -65,6 +67,7 @@ def drops_to_train(settings: Settings, line: Line, force: bool = False) -> list[
     memory = Memory.open(settings)
     if settings.memory.verify_on_refresh:
         memory.verify()  # corrupted or missing data files stop the refresh here, named, before any training
+    check_model(settings, memory.meta(), memory.tokenizer_identity(), line.model_dir)  # before any run opens
     ingested = memory.ingested()
     resume = [d for d in line.in_flight() if d in ingested]
     todo = resume + [d for d in ingested if d not in line.trained and d not in resume]
@@ -152,6 +155,8 @@ def evaluate_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> 
         "eval/plasticity": f.plasticity,
     }
     metrics |= {f"eval/nonfinite/{d}": n for d, n in ev.nonfinite.items()}
+    metrics |= {f"eval/base_loss/{d}": v for d, v in ev.matrix.base.items()}
+    metrics |= {f"eval/vs_base/{d}": v for d, v in f.vs_base.items()}
     registry.log_record(
         run_id, metrics=metrics, step=len(line.trained), artifacts=[(p, "eval") for p in ev.artifacts.values()]
     )
@@ -185,17 +190,30 @@ def register_step(settings: Settings, line: Line, drop_id: str, run_id: str) -> 
 
 
 def best_ever(line: Line) -> dict[str, float]:
-    """Each past drop's lowest held-out loss before the latest evaluation."""
+    """Each past drop's lowest held-out loss after training, before the latest evaluation (never the base row)."""
     m = line.matrix
-    if len(m.rows) < 2:
-        return {}
-    earlier = m.values[:-1]
+    earlier = m.values[[i for i, row in enumerate(m.rows[:-1]) if row != BASE_ROW]]
     out = {}
     for j, drop in enumerate(m.drops):
         column = earlier[:, j][np.isfinite(earlier[:, j])]
         if column.size:
             out[drop] = float(column.min())
     return out
+
+
+def _baseline(settings: Settings, line: Line, client, name: str, champion_mv, version: str) -> Champion | None:
+    """What the candidate is judged against (see `gate_step`), with its losses on the line's held-out data."""
+    base = line.matrix.base
+    if champion_mv is None and base:
+        origin = line.state.origin or settings.train.model
+        return Champion(origin.rstrip("/").rsplit("/", 1)[-1], {d: base.get(d, math.nan) for d in line.trained}, "base")
+    baseline_mv = champion_mv or registry.previous_candidate(client, name, version)
+    if baseline_mv is None:
+        return None
+    weights = registry.load_weights(f"models:/{name}/{baseline_mv.version}")
+    memory = Memory.open(settings)
+    losses = measure(load_model(weights), memory, memory.version, line.trained, settings).losses
+    return Champion(str(baseline_mv.version), losses, "champion" if champion_mv is not None else "previous")
 
 
 @dataclass
@@ -208,22 +226,18 @@ class GateOutcome:
 def gate_step(settings: Settings, line: Line, drop_id: str, ev: Evaluation, version: str, run_id: str) -> GateOutcome:
     """Re-evaluate the baseline on the same held-out data, decide, move the aliases (or record the no), finish.
 
-    The baseline is the champion; with none yet, the newest version a gate judged before (so a first champion is
-    still compared with something whenever something exists); with neither, the first-champion rule. On a rerun
-    after a kill that came after the aliases moved, the champion is this very version: the baseline is then the
-    `previous` alias it replaced, so the decision is derived again from what it was first derived from."""
+    The baseline is the champion; with none yet, the base model of a line that continues a pretrained model (its
+    `(base)` row: what the line started from is what a first champion must beat), else the newest version a gate
+    judged before (so a first champion is still compared with something whenever something exists); with none of
+    them, the first-champion rule. On a rerun after a kill that came after the aliases moved, the champion is this
+    very version: the baseline is then the `previous` alias it replaced (or, for a first champion, the base again),
+    so the decision is derived again from what it was first derived from."""
     registry.configure(settings)
     client, name = registry.client(), settings.mlflow.registered_model
     champion_mv = registry.champion_version(client, name)
     if champion_mv is not None and str(champion_mv.version) == version:
         champion_mv = registry.previous_version(client, name)
-    baseline_mv = champion_mv or registry.previous_candidate(client, name, version)
-    baseline = None
-    if baseline_mv is not None:
-        weights = registry.load_weights(f"models:/{name}/{baseline_mv.version}")
-        memory = Memory.open(settings)
-        losses = measure(load_model(weights), memory, memory.version, line.trained, settings).losses
-        baseline = Champion(str(baseline_mv.version), losses)
+    baseline = _baseline(settings, line, client, name, champion_mv, version)
     candidate = Candidate(drop_id, ev.drop_losses, best_ever(line), ev.nonfinite, ev.uniform_loss)
     decision = decide(candidate, baseline, settings.gate)
     registry.apply_decision(client, name, version, decision)
@@ -258,6 +272,7 @@ class DropReport(BaseModel):
     forgetting_max: float | None
     plasticity: float | None
     losses: dict[str, float | None]
+    vs_base: dict[str, float | None] = {}  # relative loss change against the base model (a pretrained line only)
 
     @classmethod
     def build(
@@ -280,6 +295,7 @@ class DropReport(BaseModel):
             forgetting_max=_finite(f.max),
             plasticity=_finite(f.plasticity),
             losses={d: _finite(v) for d, v in evaluation.drop_losses.items()},
+            vs_base={d: _finite(v) for d, v in f.vs_base.items()},
         )
 
 

@@ -20,6 +20,7 @@ from components.adapters.lines import Line
 from components.adapters.memory import Memory
 from components.core.config import Settings
 from components.training.checkpoint import Checkpointer, TorchRNG
+from components.training.compat import check_model
 from components.training.model import build_model, load_model, save_model
 from components.training.planner import BatchPlanner, planning_rows
 from components.training.prefetch import Prefetcher
@@ -76,7 +77,7 @@ def train_drop(
     rows = planning_rows(memory, version, line, drop_id, settings.replay.arms)  # from the drop records: no scan
     planner = BatchPlanner.build(settings, rows, line, drop_id, strategy, seed, dist)
     budget, sampler = planner.budget, planner.sampler
-    model = _starting_model(settings, line, memory.meta())
+    model = _starting_model(settings, line, memory.meta(), memory.tokenizer_identity())
     trainer = Trainer(model, settings.train, budget.steps, dist=dist)
     torch.manual_seed(seed)  # dropout; a resumed run restores the RNG from its checkpoint instead
 
@@ -131,13 +132,20 @@ def train_drop(
     }
     result.ranks = verify_ranks(dist, model, sampler_state, rows)
     if dist.is_main:
-        line.commit_training(drop_id, version, lambda path: save_model(model, path), sampler_state, result.record())
+        origin = settings.train.model if not line.trained else None
+        line.commit_training(
+            drop_id, version, lambda path: save_model(model, path), sampler_state, result.record(), origin=origin
+        )
     dist.barrier()  # the line is committed before any rank returns
     return result
 
 
-def _starting_model(settings: Settings, line: Line, meta: dict) -> torch.nn.Module:
-    """The line's latest weights, or a fresh model sized to the memory's tokenizer for the line's first drop."""
+def _starting_model(settings: Settings, line: Line, meta: dict, identity: dict | None) -> torch.nn.Module:
+    """The line's latest weights; for the line's first drop, a built-in model sized to the memory's tokenizer or the
+    pretrained model of `train.model`, loaded exactly as saved (model.py refuses files that lack a weight).
+
+    Both are checked against the memory's tokenizer first (components.training.compat), before weights load."""
+    check_model(settings, meta, identity, line.model_dir)
     if line.model_dir:
         return load_model(line.model_dir)
     return build_model(settings.train, meta["vocab_size"], meta["context_length"], meta["eos_id"], meta["pad_id"])

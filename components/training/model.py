@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from transformers import (
-    AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -21,12 +20,12 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from components.adapters.modelfiles import load_causal_lm
 from components.core.config import TrainConfig
 
 # One bar per save_pretrained/from_pretrained is noise next to amr's own progress bars.
 hf_logging.disable_progress_bar()
 
-BUILT_IN = ("gpt2-tiny", "llama-tiny")
 FIX_WEIGHTS = (
     "copy the model directory again from where it came from (the MLflow registry, or the checkpoint it was saved "
     "from), or delete it and train again"
@@ -99,9 +98,7 @@ def _load_local(model_dir: Path, what: str) -> PreTrainedModel:
             "(hub names cannot be downloaded here; save the model to a directory first)"
         )
     check_weights(model_dir)
-    return AutoModelForCausalLM.from_pretrained(
-        model_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True
-    )
+    return load_causal_lm(model_dir, dtype=torch.float32)  # fp32 master weights; refuses missing tensors
 
 
 def check_weights(model_dir: Path) -> None:

@@ -92,6 +92,17 @@ def _mean_per_row(sums: torch.Tensor, counts: torch.Tensor) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Activation (gradient) checkpointing: each decoder layer keeps only its input and recomputes its activations
+    in the backward pass. Non-reentrant (`use_reentrant=False`, what PyTorch recommends): it works with inputs that
+    need no gradient, keeps the RNG state of the forward (dropout recomputes identically), and composes with DDP's
+    `no_sync`. transformers 5 names it `activation_checkpointing_enable` (`gradient_checkpointing_enable` is its
+    deprecated alias); it switches the KV cache off, which training never uses."""
+    if not model.supports_gradient_checkpointing:
+        raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} does not support it; set it false")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 class Trainer:
     """AdamW over a causal LM with the per-refresh warm-up + cosine schedule; resumable via `state_dict()`."""
 
@@ -111,6 +122,8 @@ class Trainer:
         self.device = self.dist.device
         configure_torch(self.device)
         self.model = model.to(self.device)  # the plain module: what checkpoints and commits save
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(self.model)
         self.forward_module = self.dist.wrap(self.model)  # under DDP it syncs gradients in its backward
         self.optimizer = self._build_optimizer()
         self.step_idx = 0
@@ -128,7 +141,9 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95), fused=fused)
 
     def lr_at(self, step: int) -> float:
-        return get_lr(step, self.total_steps, self.cfg.lr, self.cfg.warmup_steps, self.cfg.lr * self.cfg.min_lr_ratio)
+        """The schedule's rate at `step`: peak `train.pretrained_lr` for a pretrained line, else `train.lr`."""
+        peak = self.cfg.peak_lr
+        return get_lr(step, self.total_steps, peak, self.cfg.warmup_steps, peak * self.cfg.min_lr_ratio)
 
     def _micro_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         # row indices made on the device: a host-made index would cost a blocking copy per micro-batch on CUDA
@@ -191,6 +206,11 @@ class Trainer:
         self.step_idx = int(state["step_idx"])
 
 
+# Evaluation holds one forward's logits at once: at most 4096 tokens x a 49,152-token vocabulary (805 MB as float32),
+# so evaluate.batch_size = 32 of 4096-token rows with a real vocabulary runs one row per forward instead of 26 GB.
+LOGITS_PER_FORWARD = 4096 * 49_152
+
+
 @torch.no_grad()
 def per_sample_loss(
     model: PreTrainedModel,
@@ -201,7 +221,8 @@ def per_sample_loss(
 ) -> np.ndarray:
     """Each row's mean next-token loss (nats/token, float64) in eval mode; the same definition as `Trainer.step`.
 
-    The model is moved to `device` (a no-op when it is already there) and gets its train/eval mode back.
+    The model is moved to `device` (a no-op when it is already there) and gets its train/eval mode back. Rows go
+    `batch_size` per forward, fewer when their logits would pass `LOGITS_PER_FORWARD` elements.
     """
     device = resolve_device(device)
     model.to(device)
@@ -210,7 +231,9 @@ def per_sample_loss(
     model.eval()
     try:
         out = []
-        for rows in torch.arange(len(tokens), device=device).split(batch_size):
+        vocab = model.get_output_embeddings().out_features if model.get_output_embeddings() else 1
+        per_forward = max(1, min(batch_size, LOGITS_PER_FORWARD // max(1, tokens.shape[-1] * vocab)))
+        for rows in torch.arange(len(tokens), device=device).split(per_forward):
             with autocast(device):
                 sums, counts = _row_losses(model, tokens[rows], lengths[rows])
             out.append(_mean_per_row(sums, counts))
