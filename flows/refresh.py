@@ -28,6 +28,11 @@ def plan(settings: Settings, line: str, force: bool) -> list[str]:
     return steps.drops_to_train(settings, Line(settings.home, line), force)
 
 
+@task(retries=1, retry_delay_seconds=[10], cache_policy=NO_CACHE)
+def compact(settings: Settings) -> str:
+    return steps.compact_step(settings)
+
+
 @task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def open_run(settings: Settings, line: str, drop_id: str) -> str:
     return steps.open_run(settings, Line(settings.home, line), drop_id)
@@ -78,6 +83,7 @@ def refresh(
         Line(settings.home, line)  # a corrupted line state fails here, before anything is ingested or trained
         for r in ingest_drops(settings, source):
             logger.info("ingest %-9s %s: %s", r["status"], r["drop_id"], r["message"])
+        logger.info("compact: %s", compact(settings))  # past memory.compact_fragments small fragments
         todo = plan(settings, line, force)
         if not todo:
             logger.info(

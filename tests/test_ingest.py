@@ -62,7 +62,8 @@ def test_take_returns_rows_in_requested_order_with_repeats(tmp_path, cfg):
     pick = np.array([ids[5], ids[0], ids[-1], ids[5]], dtype=np.uint64)
     tokens, lengths = memory.take(pick)
     full = memory.table().to_lance().to_table(columns=["tokens", "length"], with_row_id=True)
-    by_id = {rid: i for i, rid in enumerate(full.column("_rowid").to_pylist())}
+    addresses = memory.addresses(np.arange(full.num_rows), memory.version)  # row ids are ordinals of the version
+    by_id = {int(o): full.column("_rowid").to_pylist().index(a) for o, a in enumerate(addresses.tolist())}
     for row, rid in enumerate(pick.tolist()):
         assert tokens[row].tolist() == full.column("tokens")[by_id[rid]].as_py()
         assert lengths[row] == full.column("length")[by_id[rid]].as_py()

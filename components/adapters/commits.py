@@ -18,6 +18,8 @@ again with their original commit version (oldest first); after every single reco
 contents of the memory version, so a crash mid-rollback leaves a complete, older or newer, memory. Every drop commit
 keeps a tag, so retention never removes what a rollback may need: `drop-<id>` names the drop's newest commit and an
 older commit of a drop that was rolled back and ingested again keeps `superseded-<version>-<id>`.
+A compacted memory version is restored from its compaction (`compacted-<v>`, components.adapters.compaction); a
+compaction whose writer died before tagging it is undone like any other commit without its record.
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ from components.adapters.records import (
     REJECTED,
     ROLLED_BACK,
     SEQUENCES,
+    SEQUENCES_FILE_VERSION,
     TAG_PREFIXES,
     DropRecord,
     MemoryStoreError,
     check_drop_id,
     sequences_schema,
 )
+
+LOG_FRAGMENTS = 16  # the drops log is compacted past this many fragments, so reading it stays O(records), not O(files)
 
 
 def wanted_tags(records: list[DropRecord]) -> dict[str, int]:
@@ -141,7 +146,7 @@ class Commits:
         if not self._has(SEQUENCES):
             return
         table = self.db.open_table(SEQUENCES)
-        complete = self.version
+        complete = self.physical(self.version, table)  # a compaction not tagged yet (its writer died) is undone
         latest = table.to_lance()
         if table.version != complete and files(latest) != files(latest.checkout_version(complete)):
             table.restore(complete)
@@ -150,7 +155,8 @@ class Commits:
 
     def _ensure_sequences(self, meta: dict[str, Any]):
         if not self._has(SEQUENCES):
-            return self.db.create_table(SEQUENCES, schema=sequences_schema(meta))
+            schema = sequences_schema(meta)
+            return self.db.create_table(SEQUENCES, schema=schema, data_storage_version=SEQUENCES_FILE_VERSION)
         have = self.meta()
         wrong = {k: (have[k], meta[k]) for k in META_KEYS if str(have[k]) != str(meta[k])}
         if wrong:
@@ -170,6 +176,8 @@ class Commits:
             if missing:  # a log written before issue 11 (components.adapters.records)
                 log.add_columns(missing)
             log.add(row)
+            if len(log.to_lance().get_fragments()) > LOG_FRAGMENTS:  # one tiny fragment per record: merge them
+                log.to_lance().optimize.compact_files()
         else:
             self.db.create_table(DROPS, data=row)
 

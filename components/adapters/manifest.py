@@ -116,17 +116,21 @@ def stored_digests(memory: Memory, records: list[DropRecord], version: int) -> d
 
 
 def check_fragments(memory: Memory, records: list[DropRecord], version: int) -> None:
-    """The table at `version` holds exactly the records' fragments with their row counts (read from the Lance
-    manifest, no data file); skipped when a record predates its fragment list (the digests then came from rows)."""
+    """The table at `version` holds the records' rows, read from the Lance manifest (no data file): the same row
+    count in all, and every fragment a record names that the version still has holds the rows the record says
+    (a compaction replaces fragments by bigger ones, so their identity is not required); skipped when a record
+    predates its fragment list."""
     indexes = [DropIndex.of(r) for r in records]
     if any(i is None for i in indexes):
         return
-    want = sorted(f for i in indexes for f in i.fragments)
-    have = sorted((f.fragment_id, f.metadata.physical_rows) for f in memory.table(version).to_lance().get_fragments())
-    if have != want:
+    want = dict(f for i in indexes for f in i.fragments)
+    have = {f.fragment_id: f.metadata.physical_rows for f in memory.table(version).to_lance().get_fragments()}
+    differ = sorted((f, n, want[f]) for f, n in have.items() if f in want and want[f] != n)
+    if differ or sum(have.values()) != sum(want.values()):
         raise ManifestError(
-            f"memory version {version} at {memory.uri} holds fragments {have[:8]}, but the records of "
-            f"{sorted(r.drop_id for r in records)} say {want[:8]}"
+            f"memory version {version} at {memory.uri} holds fragments {sorted(have.items())[:8]} "
+            f"({sum(have.values())} rows), but the records of {sorted(r.drop_id for r in records)} say "
+            f"{sorted(want.items())[:8]} ({sum(want.values())} rows)"
         )
 
 

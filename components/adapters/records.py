@@ -33,6 +33,8 @@ SEQUENCES = "sequences"
 DROPS = "drops"
 INGESTED, REJECTED, ROLLED_BACK, DUPLICATE = "ingested", "rejected", "rolled-back", "duplicate"
 TAG_PREFIXES = ("drop-", "superseded-")  # the tags this module owns; others (a user's) are left alone
+COMPACTED_PREFIX = "compacted-"  # compacted-<v>: the compaction of memory version v (components.adapters.compaction)
+SEQUENCES_FILE_VERSION = "2.1"  # Lance file format of a new sequences table (why: components.adapters.compaction)
 META_KEYS = ("tokenizer", "vocab_size", "eos_id", "pad_id", "context_length")
 TOKENIZER_ID = "amr.tokenizer_id"  # JSON of core.text's identity; absent in memories written before issue 13
 
@@ -159,39 +161,37 @@ class DropIndex:
 
     Ingest writes a drop's train rows first, grouped by cluster (clusters ascending, positions ascending inside
     each), then its holdout rows; `arm_rows` counts the train rows of each cluster, so every (drop, cluster) arm is
-    one contiguous range of write positions, and `fragments` maps write positions to row ids. Assumptions, pinned by
-    tests/test_bookkeeping.py (it fails if LanceDB stops behaving so):
-    * without stable row ids (amr never enables them) `_rowid` = fragment id << 32 | offset in the fragment;
-    * one `table.add` writes new fragments that hold the rows in the order given, fragment ids ascending;
-    * a drop's fragments are never rewritten: amr never deletes, updates or compacts rows of the sequences table,
-      and a restore (recovery, rollback, roll-forward) brings back the same fragments under the same ids.
+    one contiguous range of write positions. Row ids are ordinals of the memory version (components.adapters.memory):
+    the drop's rows are `base` (the rows of the live drops committed before it) plus their write position, whatever
+    fragments hold them, so they survive compaction. `fragments` (the fragments its commit wrote, with row counts)
+    serve the lock proof of an uncompacted version (components.adapters.manifest).
     """
 
     fragments: tuple[tuple[int, int], ...]  # (fragment id, rows) in write order
     arm_rows: tuple[int, ...]  # train rows per cluster
+    base: int = 0  # the drop's first ordinal in the memory version
 
     @classmethod
-    def of(cls, rec: DropRecord) -> DropIndex | None:
+    def of(cls, rec: DropRecord, base: int = 0) -> DropIndex | None:
         """The record's index; None for a drop ingested before issue 11 item 3 (scan it instead)."""
         if not rec.fragments or not rec.arm_rows:
             return None
         frags = tuple((int(f), int(n)) for f, n in json.loads(rec.fragments))
-        return cls(frags, tuple(int(n) for n in json.loads(rec.arm_rows)))
+        return cls(frags, tuple(int(n) for n in json.loads(rec.arm_rows)), base)
 
-    def row_ids(self, start: int, stop: int) -> np.ndarray:
-        """uint64 row ids of the rows written at positions [start, stop) of the drop, ascending."""
-        counts = np.array([n for _, n in self.fragments], np.int64)
-        bounds = np.cumsum(counts)
-        pos = np.arange(start, stop, dtype=np.int64)
-        frag = np.searchsorted(bounds, pos, side="right")
-        ids = np.array([f for f, _ in self.fragments], np.uint64)[frag] << np.uint64(32)
-        return ids | (pos - (bounds - counts)[frag]).astype(np.uint64)
+    def train_range(self) -> tuple[int, int]:
+        """[start, stop) of the row ids of the drop's train rows."""
+        return self.base, self.base + sum(self.arm_rows)
 
     def train(self) -> np.ndarray:
         """Row ids of the drop's train rows."""
-        return self.row_ids(0, sum(self.arm_rows))
+        return np.arange(*self.train_range(), dtype=np.uint64)
+
+    def arm_ranges(self) -> list[tuple[int, tuple[int, int]]]:
+        """(cluster, [start, stop) of its row ids) of every cluster that has train rows, clusters ascending."""
+        edges = (self.base + np.r_[0, np.cumsum(self.arm_rows)]).tolist()
+        return [(c, (edges[c], edges[c + 1])) for c in range(len(self.arm_rows)) if self.arm_rows[c]]
 
     def arms(self) -> list[tuple[int, np.ndarray]]:
         """(cluster, row ids) of every cluster that has train rows, clusters ascending."""
-        edges = np.r_[0, np.cumsum(self.arm_rows)].tolist()
-        return [(c, self.row_ids(edges[c], edges[c + 1])) for c in range(len(self.arm_rows)) if self.arm_rows[c]]
+        return [(c, np.arange(a, b, dtype=np.uint64)) for c, (a, b) in self.arm_ranges()]

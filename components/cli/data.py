@@ -180,6 +180,26 @@ def memory_lock(
     )
 
 
+@memory_app.command("compact")
+def memory_compact(
+    ctx: typer.Context,
+    min_fragments: int = typer.Option(2, "--min-fragments", min=2, help="Compact only past this many small fragments."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Merge the memory version's small fragments (tag compacted-<v>); row ids, tags and the lock stay the same."""
+    from components.adapters.memory import Memory
+    from components.adapters.records import MemoryStoreError
+    from components.adapters.s3 import S3Unavailable
+
+    cfg = settings(ctx)
+    with exits_on(MemoryStoreError, S3Unavailable):
+        report = Memory.open(cfg).compact(cfg.memory.compact_rows_per_fragment, min_fragments)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    out.print(f"memory version {report.version}: {report.note} ({report.seconds:.1f} s)", highlight=False)
+
+
 @memory_app.command("cleanup")
 def memory_cleanup(
     ctx: typer.Context,

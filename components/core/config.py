@@ -60,6 +60,18 @@ class MemoryConfig(Section):
         description="Read and check every row (`amr memory --verify`) before a refresh trains. It reads the whole "
         "memory once per refresh: at many GB, turn it off and run `amr memory --verify` on a schedule instead.",
     )
+    compact_fragments: int = Field(
+        8,
+        ge=2,
+        description="The refresh compacts the memory (`amr memory compact`) once it has this many fragments smaller "
+        "than compact_rows_per_fragment: replay takes stay flat as drops pile up.",
+    )
+    compact_rows_per_fragment: int = Field(
+        4_194_304,
+        ge=1024,
+        description="Rows per fragment a compaction writes (Lance target_rows_per_fragment); bigger fragments gave "
+        "faster random takes (benchmarks/results/scale.md).",
+    )
 
 
 class S3Config(Section):

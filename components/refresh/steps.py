@@ -53,6 +53,14 @@ def refresh_lock(settings: Settings, wait_seconds: float = 0.0) -> Iterator[None
         yield
 
 
+def compact_step(settings: Settings) -> str:
+    """Compact the memory once `memory.compact_fragments` small fragments have piled up (a no-op before), so replay
+    takes stay flat as drops accumulate (components.adapters.compaction); returns what was done."""
+    cfg = settings.memory
+    report = Memory.open(settings).compact(cfg.compact_rows_per_fragment, cfg.compact_fragments)
+    return f"memory version {report.version}: {report.note}"
+
+
 def drops_to_train(settings: Settings, line: Line, force: bool = False) -> list[str]:
     """Drops whose refresh was interrupted (first, to finish them), then the ingested drops the line has not
     trained on; with `force` and none of either, the last drop again (rewound)."""

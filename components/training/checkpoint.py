@@ -36,7 +36,7 @@ from components.core.files import fsync_dir
 from components.training.model import WeightsError, check_weights, load_model, save_model
 from components.training.ranks import Dist
 
-FORMAT = 2
+FORMAT = 3  # 3: row ids are ordinals of the memory version (components.adapters.memory); 2 held addresses
 STATE = "state.json"
 TENSORS = "state.safetensors"
 TMP_PREFIX = ".tmp-"

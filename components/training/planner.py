@@ -24,7 +24,7 @@ from components.adapters.lines import Line
 from components.adapters.memory import Memory
 from components.adapters.records import DropIndex
 from components.core.config import Settings
-from components.core.replay import Arms, NoReplay, ReplaySampler, build_arms, build_sampler
+from components.core.replay import Arms, NoReplay, ReplaySampler, RowRange, build_arms, build_sampler
 from components.training.ranks import Dist, Slots, local_slots, rank_rng
 
 
@@ -130,15 +130,16 @@ def new_rows(index: Rows, drop_id: str) -> np.ndarray:
 
 
 def indexed_arms(indexes: dict[str, DropIndex], past: list[str], mode: str) -> Arms:
-    """`build_arms` from the drops' row-id indexes: the same arms, keys and sorted row ids, without a scan."""
+    """`build_arms` from the drops' row-id indexes: the same arms, keys and row ids, each arm held as a range of
+    row ids (`RowRange`: a drop's train rows, and each of its clusters, are contiguous), without a scan."""
     keys, drops, rows = [], [], []
     for drop in past:
-        parts = [(drop, indexes[drop].train())] if mode == "drop" else indexes[drop].arms()
-        for part, ids in parts:
-            if ids.size:
+        parts = [(drop, indexes[drop].train_range())] if mode == "drop" else indexes[drop].arm_ranges()
+        for part, (start, stop) in parts:
+            if stop > start:
                 keys.append(part if mode == "drop" else f"{drop}/{part}")
                 drops.append(drop)
-                rows.append(ids)
+                rows.append(RowRange(start, stop))
     return Arms(keys, drops, rows)
 
 

@@ -10,9 +10,10 @@ Kept whatever their age, each with its reasons in the report:
 Everything else older than `--older-than` days is removed: the restores written by recoveries and rollbacks and the
 commits of writers that died before their record, with the data files only they referenced.
 
-The sequences table is not compacted, on purpose: every drop commit is kept, so rewriting its fragments would store
-every row twice, and compaction renumbers the row ids that training plans and checkpoints hold. Its fragments are
-one per drop, written once. The drops log is compacted: each record is a tiny fragment of its own.
+Cleanup does not compact the sequences table: `amr memory compact` does (components.adapters.compaction), and its
+result is tagged `compacted-<v>`, so cleanup keeps it like any tagged version. Drop commits stay too, so a compacted
+memory stores its rows twice (the price of rollbacks to any drop commit). The drops log is compacted here (each
+record is a tiny fragment of its own), and by the writer past 16 fragments.
 Cleanup refuses to start while a refresh runs, and holds the refresh and memory write locks until it is done.
 """
 

@@ -13,7 +13,7 @@ Usage by the training loop (components.training.planner; under DDP all-reduce `a
 from __future__ import annotations
 
 from components.core.config import ReplayConfig
-from components.core.replay.base import Arms, ReplaySampler, build_arms
+from components.core.replay.base import Arms, ReplaySampler, RowRange, build_arms
 from components.core.replay.strategies import AdaptiveReplay, BalancedReplay, NoReplay, UniformReplay, softmax
 
 REGISTRY: dict[str, type[ReplaySampler]] = {
@@ -37,6 +37,7 @@ __all__ = [
     "BalancedReplay",
     "NoReplay",
     "ReplaySampler",
+    "RowRange",
     "UniformReplay",
     "build_arms",
     "build_sampler",

@@ -26,20 +26,39 @@ from components.core.config import ReplayConfig
 INDEX_COLUMNS = ("_rowid", "drop_id", "split", "cluster")
 
 
+@dataclass(frozen=True)
+class RowRange:
+    """The row ids start, start + 1, ..., stop - 1: an arm of contiguous rows held as two numbers, so planning
+    with arms from the drops' row-id indexes costs O(arms), not O(rows) (an array of 1e7 ids took 0.3-1 s)."""
+
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.arange(self.start, self.stop, dtype=np.uint64 if dtype is None else dtype)
+
+    def tolist(self) -> list[int]:
+        return list(range(self.start, self.stop))
+
+
 @dataclass
 class Arms:
     """The replayable past, grouped: one arm per (drop, cluster), or per drop."""
 
     keys: list[str]  # "drop_id/cluster" (arms=cluster) or "drop_id" (arms=drop)
     drop_ids: list[str]  # drop of each arm
-    row_ids: list[np.ndarray]  # uint64 LanceDB row ids of each arm's past train sequences, sorted, non-empty
+    row_ids: list[np.ndarray | RowRange]  # uint64 row ids of each arm's past train sequences, sorted, non-empty
 
     def __post_init__(self) -> None:
         if not (len(self.keys) == len(self.drop_ids) == len(self.row_ids)):
             raise ValueError("Arms: keys, drop_ids and row_ids must have one entry per arm")
         if len(set(self.keys)) != len(self.keys):
             raise ValueError("Arms: arm keys must be unique")
-        self.row_ids = [np.asarray(r, dtype=np.uint64) for r in self.row_ids]
+        self.row_ids = [r if isinstance(r, RowRange) else np.asarray(r, dtype=np.uint64) for r in self.row_ids]
         empty = [k for k, r in zip(self.keys, self.row_ids, strict=True) if r.size == 0]
         if empty:
             raise ValueError(f"Arms: arms without rows cannot be sampled: {empty[:5]}")
@@ -114,7 +133,10 @@ class ReplaySampler(ABC):
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         k = len(arms)
         self.sizes = arms.sizes
-        self._flat = np.concatenate(arms.row_ids) if k else np.empty(0, dtype=np.uint64)
+        ranges = all(isinstance(r, RowRange) for r in arms.row_ids)  # then a row is its arm's start + offset
+        self._lo = np.array([r.start for r in arms.row_ids], np.uint64) if ranges else None
+        flat = [np.asarray(r, np.uint64) for r in arms.row_ids] if k and not ranges else []
+        self._flat = np.concatenate(flat) if flat else np.empty(0, dtype=np.uint64)
         self._starts = np.r_[0, np.cumsum(self.sizes)[:-1]].astype(np.int64) if k else np.empty(0, np.int64)
         self.q = np.zeros(k)
         self.pulls = np.zeros(k, dtype=np.int64)  # replayed samples per arm, over the sampler's life
@@ -164,6 +186,8 @@ class ReplaySampler(ABC):
             return _empty()
         arm = self.rng.choice(self.num_arms, size=n, p=self.probabilities()).astype(np.int64)
         offset = self.rng.integers(0, self.sizes[arm])
+        if self._lo is not None:
+            return self._lo[arm] + offset.astype(np.uint64), arm
         return self._flat[self._starts[arm] + offset], arm
 
     def arm_stats(self, arm_idx: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
