@@ -52,6 +52,8 @@ popen = subprocess.Popen
 SLEEP = "import os, sys, time; time.sleep(float(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])"
 
 def delayed(self):
+    global t0
+    t0 = time.monotonic()  # the server process starts now: what the limit counts from (imports came before)
     subprocess.Popen = lambda args, **kw: popen([sys.executable, "-c", SLEEP, slow, *args], **kw)
     try:
         return start_uvicorn(self)
@@ -59,11 +61,11 @@ def delayed(self):
         subprocess.Popen = popen
 
 cls._run_uvicorn_command = delayed
-t0 = time.monotonic()
+t0 = None
 try:
     app(sys.argv[3:])
 finally:
-    open(elapsed_file, "w").write(str(time.monotonic() - t0))
+    open(elapsed_file, "w").write(str(time.monotonic() - t0) if t0 is not None else "nan")
 """
 
 
@@ -79,7 +81,7 @@ def test_a_start_slower_than_prefects_20s_passes_under_the_project_default(tmp_p
     code, output, elapsed = slow_refresh(tmp_path, slow=24)
     assert code == 0, output[-3000:]
     assert "no new drop to train on" in output
-    assert elapsed > 24  # longer than Prefect's own 20 s limit, which would have ended the refresh
+    assert elapsed > 24  # the server took longer than Prefect's own 20 s limit, which would have ended the refresh
 
 
 @pytest.mark.slow
@@ -89,4 +91,4 @@ def test_a_start_slower_than_the_limit_is_one_line_naming_the_setting(tmp_path):
     errors = [line for line in output.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "Traceback" not in output, output
     assert f"{KEY} (now 3)" in errors[0] and "did not answer within 3s" in errors[0] and "PREFECT_API_URL" in errors[0]
-    assert 3 <= elapsed < 20, elapsed  # the user's limit applied: not Prefect's 20 s, not amr's 120 s
+    assert 3 <= elapsed < 20, elapsed  # from the server's start: the user's limit, not Prefect's 20 s or amr's 120 s
