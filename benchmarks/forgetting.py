@@ -158,6 +158,17 @@ def summaries(result: dict) -> dict:
     return out
 
 
+def rounded(x, digits: int = 5):
+    """Floats to `digits` decimals, recursively: the committed JSON stays small (well under 300 KB)."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [rounded(v, digits) for v in x]
+    return x
+
+
 def parse(argv: list[str] | None) -> tuple[Knobs, Path, Path | None, Path | None]:
     d = Knobs()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -210,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rs:
             for run_ in r["runs"].values():
                 run_.pop("loss_matrix", None)
+                r["first_drop"] = run_.pop("shared_first_drop", r.get("first_drop"))  # the same for every strategy
+    result = rounded(result, 4)
     save_plot(result, out / "forgetting.png")
     paths = write_results(out, "forgetting", result, render(result))
     say(f"wrote {paths[0]}, {paths[1]} and {out / 'forgetting.png'}")
