@@ -205,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     cpu0 = os.times()
     result["machine"] = machine_info(("torch", "transformers", "lancedb", "numpy"))
     out.mkdir(parents=True, exist_ok=True)
-    if render_from:  # a run cut short: report the (stream, seed) jobs it finished, saying so
-        result |= json.loads(render_from.read_text()) | {"partial": True}
+    done = None
+    if render_from:  # a finished run's JSON (report it again), or a cut-short run's partial.json (say so)
+        done = json.loads(render_from.read_text())
+        result |= {"streams": done["streams"], "results": done["results"], "partial": "total_s" not in done}
     else:
         with tempfile.TemporaryDirectory(prefix="amr-bench-forgetting-", dir=workdir) as tmp:
             os.environ["AMR_HOME"] = str(Path(tmp) / "home")  # nothing touches the repository's .amr
@@ -215,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = round(time.time() - START, 1)
     result["total_cpu_s"] = round(sum(cpu1[:4]) - sum(cpu0[:4]), 1)  # this process and its waited-for workers
+    if done and "total_s" in done:  # the run's own timing, load and command, not the re-rendering's
+        result |= {k: done[k] for k in ("argv", "total_s", "total_cpu_s", "load_average_start", "load_average_end")}
     result["summary"] = summaries(result)
-    result["targets"] = targets(result["summary"], result["results"])
+    result["targets"] = {}
+    for name in knobs.strategies:  # amr and every amr variant, each against the same targets
+        if name.split("+")[0] == "amr":
+            result["targets"] |= targets(result["summary"], result["results"], amr=name)
     for rs in result["results"].values():  # the loss matrices stay in the scratch copy only: keep the JSON small
         for r in rs:
             for run_ in r["runs"].values():

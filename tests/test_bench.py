@@ -53,9 +53,10 @@ def test_paired_difference_by_hand():
 
 def test_variants_override_replay_keys_and_bad_ones_name_the_fix():
     settings = load_settings(None)
-    cfg, base = variant(settings, "amr+uniform_floor=0.3+reference=last")
-    assert base == "amr" and cfg.replay.uniform_floor == 0.3 and cfg.replay.reference == "last"
-    assert cfg.replay.strategy == "amr" and settings.replay.uniform_floor == 0.0  # the original is untouched
+    before = settings.replay.model_dump()
+    cfg, base = variant(settings, "amr+uniform_floor=0.55+reference=last")
+    assert base == "amr" and cfg.replay.uniform_floor == 0.55 and cfg.replay.reference == "last"
+    assert cfg.replay.strategy == "amr" and settings.replay.model_dump() == before  # the original is untouched
     assert variant(settings, "odm")[1] == "odm"
     with pytest.raises(ValueError, match="unknown strategy 'greedy'"):
         variant(settings, "greedy")

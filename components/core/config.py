@@ -76,9 +76,9 @@ class S3Config(Section):
 
 
 class ReplayConfig(Section):
-    strategy: Literal["none", "uniform", "balanced", "amr", "odm"] = Field("balanced", description="Replay strategy.")
-    replay_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="Share of every batch filled with replay.")
-    arms: Literal["cluster", "drop"] = Field("drop", description="amr arms: per-drop clusters, or whole drops.")
+    strategy: Literal["none", "uniform", "balanced", "amr", "odm"] = Field("amr", description="Replay strategy.")
+    replay_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of every batch filled with replay.")
+    arms: Literal["cluster", "drop"] = Field("cluster", description="amr arms: per-drop clusters, or whole drops.")
     alpha: float = Field(0.3, gt=0.0, le=1.0, description="Step size of the arms' exponential moving average.")
     temperature: float = Field(0.1, gt=0.0, description="Boltzmann temperature tau over the arm values Q.")
     epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Probability floor: each arm gets at least eps/K.")
