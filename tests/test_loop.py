@@ -202,7 +202,8 @@ def test_bench_command_writes_the_report(tmp_path, stream, monkeypatch):
             assert r["sequences"] == 2 * 3 * 8 and len(r["loss_matrix"]["rows"]) == 3  # drops 2 and 3
             assert len(r["refreshes"]) == 2 and r["cpu_seconds"] > 0
     runs = report["runs"]
-    assert runs[0]["none"]["replay_sequences"] == 0 and runs[0]["amr"]["replay_sequences"] == 2 * 3 * 2
+    slots = round(report["config"]["replay"]["replay_fraction"] * 8)  # replay slots of a batch of 8
+    assert runs[0]["none"]["replay_sequences"] == 0 and runs[0]["amr"]["replay_sequences"] == slots * 3 * 2
     assert runs[0]["amr"]["loss_matrix"] != runs[1]["amr"]["loss_matrix"]  # the seeds differ
     mean = report["strategies"]["amr"]
     assert mean["avg_forgetting"] == pytest.approx(
