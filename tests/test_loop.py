@@ -72,7 +72,10 @@ def test_budget_is_identical_for_every_strategy(tmp_path, stream):
 
 
 def test_plan_budget_follows_epochs_and_cap(tmp_path):
-    cfg = tiny(tmp_path, **{"train.max_steps": None, "train.epochs": 2.0, "train.batch_size": 10})
+    cfg = tiny(
+        tmp_path,
+        **{"train.max_steps": None, "train.epochs": 2.0, "train.batch_size": 10, "replay.replay_fraction": 0.25},
+    )
     assert plan_budget(95, cfg, replaying=False).steps == 19
     b = plan_budget(95, cfg, replaying=True)
     assert (b.steps, b.n_new, b.n_replay, b.sequences) == (19, 8, 2, 190)
