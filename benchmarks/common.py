@@ -67,12 +67,30 @@ def _pydoc_topics() -> Iterator[tuple[str, bytes]]:
     return ((f"pydoc:{name}", topics[name].encode("utf-8")) for name in sorted(topics))
 
 
+DOC = Path("/usr/share/doc")
+SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def _doc_files(pattern: str) -> Iterator[tuple[str, bytes]]:
+    """Package documentation in /usr/share/doc/<package>/ (gzipped files decompressed)."""
+    for p in _files(DOC, pattern):
+        yield str(p), _gunzip(p) if p.suffix == ".gz" else p.read_bytes()
+
+
 # More kinds, for streams of clearly different drops (benchmarks/forgetting.py). Not in the default mix of
 # `real_documents`: "man-pages" above already covers every language, and the mix stays what it was.
 EXTRA_SOURCES: dict[str, Callable[[], Iterator[tuple[str, bytes]]]] = {
     "man-en": lambda: _man_pages(None),
     "man-de": lambda: _man_pages("de"),
     "pydoc-topics": _pydoc_topics,
+    "man-fr": lambda: _man_pages("fr"),
+    "man-es": lambda: _man_pages("es"),
+    "man-ru": lambda: _man_pages("ru"),
+    "man-it": lambda: _man_pages("it"),
+    "doc-copyright": lambda: _doc_files("copyright"),  # Debian machine-readable copyright files
+    "doc-changelog": lambda: _doc_files("changelog*.gz"),  # Debian and upstream changelogs
+    "c-linux": lambda: ((str(p), p.read_bytes()) for p in _files(Path("/usr/include/linux"), "*.h")),
+    "python-site": lambda: ((str(p), p.read_bytes()) for p in _files(SITE, "*.py")),  # third-party code
 }
 
 

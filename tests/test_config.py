@@ -45,7 +45,7 @@ def test_wrong_file_value_and_unknown_key(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_settings(params)
     msg = str(exc.value)
-    assert "replay.strategy = 'greedy'" in msg and "'none', 'uniform', 'balanced' or 'amr'" in msg
+    assert "replay.strategy = 'greedy'" in msg and "'none', 'uniform', 'balanced', 'amr' or 'odm'" in msg
     assert "replay.colour" in msg and "unknown key" in msg and str(params) in msg
 
 

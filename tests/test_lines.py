@@ -114,3 +114,25 @@ def test_the_rollback_note_is_handed_over_once(trained, tmp_path):
     assert again.rollback_note == "data-v1 (abc, memory version 3)"
     again.clear_rollback_note()
     assert Line(home, "main").rollback_note is None
+
+
+def test_best_ever_arm_reference_survives_later_evaluations(trained, tmp_path):
+    """`arm_ref_best` keeps each arm's lowest finite probe loss; the sampler gets it under reference=best and the
+    latest one under reference=last (issue 12: a per-evaluation reset made amr chase the drop trained last)."""
+    from components.training.planner import build_line_sampler
+
+    home = tmp_path / "home"
+    shutil.copytree(trained, home)
+    line = Line(home, "main")
+    line.commit_evaluation(line.matrix, {"d1-code": 2.0, "d1-code/0": math.nan})
+    line.commit_evaluation(line.matrix, {"d1-code": 2.6, "d1-code/0": 3.0, "d1-code/1": 2.2})
+    line.commit_evaluation(line.matrix, {"d1-code": 2.4, "d1-code/0": math.nan})
+    reopened = Line(home, "main")
+    assert reopened.state.arm_ref_best == {"d1-code": 2.0, "d1-code/0": 3.0, "d1-code/1": 2.2}
+    assert reopened.arm_reference("last") == {"d1-code": 2.4, "d1-code/0": pytest.approx(math.nan, nan_ok=True)}
+    cfg = settings_for(home, **{"replay.arms": "drop"})
+    index = Memory.open(cfg).index()
+    best = build_line_sampler(cfg, index, reopened, "amr", 0)
+    assert best.reference.tolist() == [2.0]
+    cfg_last = settings_for(home, **{"replay.arms": "drop", "replay.reference": "last"})
+    assert build_line_sampler(cfg_last, index, reopened, "amr", 0).reference.tolist() == [2.4]

@@ -72,7 +72,10 @@ def test_budget_is_identical_for_every_strategy(tmp_path, stream):
 
 
 def test_plan_budget_follows_epochs_and_cap(tmp_path):
-    cfg = tiny(tmp_path, **{"train.max_steps": None, "train.epochs": 2.0, "train.batch_size": 10})
+    cfg = tiny(
+        tmp_path,
+        **{"train.max_steps": None, "train.epochs": 2.0, "train.batch_size": 10, "replay.replay_fraction": 0.25},
+    )
     assert plan_budget(95, cfg, replaying=False).steps == 19
     b = plan_budget(95, cfg, replaying=True)
     assert (b.steps, b.n_new, b.n_replay, b.sequences) == (19, 8, 2, 190)
@@ -188,26 +191,30 @@ def test_bench_command_writes_the_report(tmp_path, stream, monkeypatch):
         monkeypatch.setenv(f"AMR_{key.replace('.', '__').upper()}", str(value))
     out = tmp_path / "report" / "f.json"
     out.parent.mkdir()
-    res = CliRunner().invoke(app, ["bench", "forgetting", str(stream), "--strategies", "none,amr", "--out", str(out)])
+    args = ["bench", "forgetting", str(stream), "--strategies", "none,uniform,amr", "--seeds", "0,1", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert set(report) >= {"config", "strategies"}
-    assert report["config"]["drops"] == ["d1-code", "d2-licenses", "d3-docs"]
-    for name in ("none", "amr"):
-        r = report["strategies"][name]
-        assert set(r) >= {
-            "avg_forgetting",
-            "max_forgetting",
-            "rel_avg_forgetting",
-            "final_new_loss",
-            "loss_matrix",
-            "drops",
-            "sequences",
-            "replay_sequences",
-            "wall_seconds",
-        }
-        assert r["sequences"] == 3 * 3 * 8 and len(r["loss_matrix"]["rows"]) == 3
-    assert report["strategies"]["none"]["replay_sequences"] == 0
-    assert report["strategies"]["amr"]["replay_sequences"] == 2 * 3 * 2
+    assert set(report) >= {"config", "strategies", "runs", "paired"}
+    assert report["config"]["drops"] == ["d1-code", "d2-licenses", "d3-docs"] and report["config"]["seeds"] == [0, 1]
+    assert len(report["runs"]) == 2
+    for seed_run in report["runs"]:
+        first = [r["shared_first_drop"] for r in seed_run.values()]
+        assert len({json.dumps(f, sort_keys=True) for f in first}) == 1  # drop 1 trained once, shared
+        for r in seed_run.values():
+            assert r["sequences"] == 2 * 3 * 8 and len(r["loss_matrix"]["rows"]) == 3  # drops 2 and 3
+            assert len(r["refreshes"]) == 2 and r["cpu_seconds"] > 0
+    runs = report["runs"]
+    slots = round(report["config"]["replay"]["replay_fraction"] * 8)  # replay slots of a batch of 8
+    assert runs[0]["none"]["replay_sequences"] == 0 and runs[0]["amr"]["replay_sequences"] == slots * 3 * 2
+    assert runs[0]["amr"]["loss_matrix"] != runs[1]["amr"]["loss_matrix"]  # the seeds differ
+    mean = report["strategies"]["amr"]
+    assert mean["avg_forgetting"] == pytest.approx(
+        (runs[0]["amr"]["avg_forgetting"] + runs[1]["amr"]["avg_forgetting"]) / 2
+    )
+    diff = report["paired"]["amr - uniform avg_forgetting"]
+    assert diff["n"] == 2 and diff["mean"] == pytest.approx(
+        sum(r["amr"]["avg_forgetting"] - r["uniform"]["avg_forgetting"] for r in runs) / 2
+    )
     assert out.with_suffix(".md").read_text().startswith("| strategy |")
     assert out.with_suffix(".png").stat().st_size > 1000

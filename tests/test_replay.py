@@ -10,6 +10,7 @@ import pytest
 
 from components.core.config import ReplayConfig
 from components.core.replay import REGISTRY, AdaptiveReplay, Arms, build_arms, build_sampler, softmax
+from components.core.replay.odm import odm_epsilon
 
 
 def make_arms(sizes: dict[str, int]) -> Arms:
@@ -87,7 +88,7 @@ def test_build_arms_on_a_million_rows_partitions_every_train_row():
 
 
 def test_registry_and_none_samples_nothing():
-    assert set(REGISTRY) == {"none", "uniform", "balanced", "amr"}
+    assert set(REGISTRY) == {"none", "uniform", "balanced", "amr", "odm"}
     sampler = build_sampler(ReplayConfig(strategy="none"), make_arms(ARMS3))
     assert not sampler.replays  # the loop gives every slot to new data
     assert all(build_sampler(ReplayConfig(strategy=s), make_arms(ARMS3)).replays for s in ("uniform", "amr"))
@@ -97,7 +98,7 @@ def test_registry_and_none_samples_nothing():
     assert np.all(sampler.probabilities() == 0)
 
 
-@pytest.mark.parametrize("strategy", ["uniform", "balanced", "amr"])
+@pytest.mark.parametrize("strategy", ["uniform", "balanced", "amr", "odm"])
 def test_no_arms_and_zero_draws_return_empty(strategy):
     empty = build_sampler(ReplayConfig(strategy=strategy), Arms([], [], []))
     assert empty.sample(8)[0].size == 0 and empty.probabilities().size == 0
@@ -247,7 +248,7 @@ def drive(sampler, steps: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("strategy", ["uniform", "balanced", "amr"])
+@pytest.mark.parametrize("strategy", ["uniform", "balanced", "amr", "odm"])
 def test_state_dict_json_round_trip_reproduces_future_samples(strategy):
     cfg = ReplayConfig(strategy=strategy)
     original = build_sampler(cfg, make_arms(ARMS3), seed=1)
@@ -298,3 +299,67 @@ def test_arms_held_as_ranges_draw_exactly_what_arrays_draw(strategy):
         s1.update(a1, losses)
         s2.update(a2, losses)
     assert s1.state_dict() == s2.state_dict()
+
+
+# --- issue 12: uniform floor and odm ----------------------------------------------------------------------------
+
+
+def test_uniform_floor_mixes_in_uniform_replay_by_hand():
+    # sizes 10, 20, 30 -> uniform mix [1/6, 1/3, 1/2]; the bandit alone (eps 0, cold) puts everything on arm 2
+    sampler = amr(make_arms(ARMS3), epsilon=0.0, temperature=1e-6, uniform_floor=0.3)
+    sampler.q[:] = [0.0, 0.0, 1.0]
+    np.testing.assert_allclose(sampler.probabilities(), [0.3 / 6, 0.3 / 3, 0.7 + 0.3 / 2])
+    sampler.q[:] = [1.0, 0.0, 0.0]  # the bandit starves arm 2: the floor still gives it 0.3 x uniform's share
+    np.testing.assert_allclose(sampler.probabilities(), [0.7 + 0.05, 0.1, 0.15])
+    full = amr(make_arms(ARMS3), uniform_floor=1.0)
+    full.q[:] = [5.0, 0.0, 0.0]
+    np.testing.assert_allclose(full.probabilities(), [1 / 6, 1 / 3, 1 / 2])  # floor 1 is uniform replay
+
+
+def test_odm_epsilon_schedule():
+    assert odm_epsilon(4, 1) == pytest.approx(0.25)  # sqrt(ln 4 / 4) = 0.589 > 1/K: capped at 1/K
+    assert odm_epsilon(4, 100) == pytest.approx(np.sqrt(np.log(4) / 400))
+    assert odm_epsilon(4, 0) == odm_epsilon(4, 1) and odm_epsilon(1, 5) == 1.0
+
+
+def test_odm_probabilities_and_importance_weighted_reward_by_hand():
+    sampler = build_sampler(ReplayConfig(strategy="odm", odm_smoothing=0.5), make_arms(ARMS3))
+    np.testing.assert_allclose(sampler.probabilities(), [1 / 3] * 3)  # R = 0: uniform over arms
+    sampler.set_reference({"a/0": 1.0, "a/1": 1.0, "b/0": 1.0})
+    # step 1 draws from p = 1/3 each; 4 rows: arm 0 twice (losses 3, 1), arm 2 twice (2, 2); arm 1 none
+    sampler.update(np.array([0, 0, 2, 2]), np.array([3.0, 1.0, 2.0, 2.0]))
+    # Rhat_0 = (3 + 1) / (4 * 1/3) = 3; R_0 = 0.5 * 0 + 0.5 * 3 = 1.5; same for arm 2; arm 1 untouched
+    np.testing.assert_allclose(sampler.reward, [1.5, 0.0, 1.5])
+    # step 2: eps_2 = min(1/3, sqrt(ln 3 / 6) = 0.428) = 1/3, so 1 - K eps = 0: still uniform whatever R is
+    np.testing.assert_allclose(sampler.probabilities(), [1 / 3] * 3)
+    for _ in range(9):  # ten updates in all; arm 1 is never pulled so its R stays 0
+        sampler.update(np.array([0, 2]), np.array([2.0, 2.0]))
+    k, t = 3, 11
+    eps, lr = np.sqrt(np.log(k) / (k * t)), np.sqrt(np.log(k) / (k * (t - 1)))
+    expected = (1 - k * eps) * softmax(lr * sampler.reward) + eps
+    np.testing.assert_allclose(sampler.probabilities(), expected)
+    assert sampler.probabilities()[1] < 1 / 3 < sampler.probabilities()[0]  # rewarded arms gain, the idle one loses
+    assert sampler.probabilities()[1] >= eps  # never below EXP3's exploration rate
+
+
+def test_odm_rewards_raw_loss_not_forgetting():
+    """Two arms forgotten alike (loss - ref = 0.5) but one inherently harder: odm favours the hard one, amr
+    sees no difference."""
+    arms = make_arms({"a/0": 10, "b/0": 10})
+    odm = build_sampler(ReplayConfig(strategy="odm"), arms)
+    bandit = amr(arms, epsilon=0.0)
+    for s in (odm, bandit):
+        s.set_reference({"a/0": 1.0, "b/0": 3.0})
+        for _ in range(50):
+            s.update(np.array([0, 1]), np.array([1.5, 3.5]))
+    assert odm.probabilities()[1] > odm.probabilities()[0]
+    np.testing.assert_allclose(bandit.probabilities(), [0.5, 0.5])
+
+
+def test_odm_state_carries_reward_and_new_arms_start_at_the_mean():
+    old = build_sampler(ReplayConfig(strategy="odm"), make_arms({"a/0": 4, "a/1": 4}))
+    old.reward[:] = [2.0, 4.0]
+    state = json.loads(json.dumps(old.state_dict()))
+    grown = build_sampler(ReplayConfig(strategy="odm"), make_arms({"a/0": 4, "b/0": 4, "a/1": 4}))
+    grown.load_state_dict(state)
+    np.testing.assert_allclose(grown.reward, [2.0, 3.0, 4.0])

@@ -20,6 +20,7 @@ benchmark uses one line per strategy.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -71,6 +72,9 @@ class LineState(BaseModel):
     model: str | None = Field(None, description="`models/<drop>`: the current weights, relative to the line")
     sampler: dict[str, Any] | None = Field(None, description="replay sampler state carried to the next refresh")
     arm_ref: dict[str, float] = Field(default_factory=dict, description="reference loss per arm (train probe)")
+    arm_ref_best: dict[str, float] = Field(
+        default_factory=dict, description="lowest reference loss per arm over every evaluation of the line"
+    )
     history: list[dict[str, Any]] = Field(default_factory=list, description="training record per drop")
     loss_matrix: dict[str, Any] | None = Field(None, description="L[t][j], as LossMatrix.to_dict() writes it")
     rolled_back_to: str | None = Field(None, description="data rollback not yet recorded on an MLflow run")
@@ -279,9 +283,20 @@ class Line:
         return last
 
     def commit_evaluation(self, matrix: LossMatrix, arm_ref: Mapping[str, float]) -> None:
+        """Store the matrix and the arms' probe losses; `arm_ref_best` keeps each arm's lowest finite one ever."""
         self.state.loss_matrix = matrix.to_dict()
         self.state.arm_ref = dict(arm_ref)
+        best = dict(self.state.arm_ref_best)
+        for key, loss in arm_ref.items():
+            if math.isfinite(loss) and not best.get(key, math.inf) <= loss:
+                best[key] = float(loss)
+        self.state.arm_ref_best = best
         self.save()
+
+    def arm_reference(self, mode: Literal["best", "last"]) -> dict[str, float]:
+        """The sampler's reference per arm (`replay.reference`); `best` falls back to `last` for unseen arms
+        (a state written before `arm_ref_best` existed)."""
+        return self.state.arm_ref | self.state.arm_ref_best if mode == "best" else dict(self.state.arm_ref)
 
     # ---- the data-rollback hand-off: `amr rollback` marks the line, the next refresh's run records it ----------
 

@@ -131,8 +131,11 @@ def evaluate(
 def bench_forgetting_cmd(
     ctx: typer.Context,
     stream_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A directory of drops, in name order."),
-    strategies: str = typer.Option("none,uniform,balanced,amr", help="Comma-separated strategies."),
+    strategies: str = typer.Option(
+        "none,uniform,balanced,amr,odm", help="Comma-separated strategies; variants as amr+uniform_floor=0.3."
+    ),
     out_file: Path = typer.Option(Path("forgetting.json"), "--out", help="JSON report; .md and .png beside it."),
+    seeds: str = typer.Option("", help="Comma-separated seeds (train and replay); default: train.seed."),
 ) -> None:
     """Train every strategy through the same stream at equal compute and compare forgetting."""
     from components.refresh.bench import bench_forgetting
@@ -145,6 +148,7 @@ def bench_forgetting_cmd(
             [s.strip() for s in strategies.split(",") if s.strip()],
             out_file,
             log=lambda m: err.print(m, highlight=False),
+            seeds=[int(x) for x in seeds.split(",") if x.strip()],
         )
     out.print(out_file.with_suffix(".md").read_text())
     out.print(f"wrote {out_file}, {out_file.with_suffix('.md')}, {out_file.with_suffix('.png')}")

@@ -93,7 +93,7 @@ class S3Config(Section):
 
 
 class ReplayConfig(Section):
-    strategy: Literal["none", "uniform", "balanced", "amr"] = Field("amr", description="Replay strategy.")
+    strategy: Literal["none", "uniform", "balanced", "amr", "odm"] = Field("amr", description="Replay strategy.")
     replay_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of every batch filled with replay.")
     arms: Literal["cluster", "drop"] = Field("cluster", description="amr arms: per-drop clusters, or whole drops.")
     alpha: float = Field(0.3, gt=0.0, le=1.0, description="Step size of the arms' exponential moving average.")
@@ -105,6 +105,15 @@ class ReplayConfig(Section):
     stale_steps: int = Field(20, ge=1, description="Steps without a pull after which the bonus stops growing.")
     prefetch_batches: int = Field(4, ge=1, description="Replay batches fetched from LanceDB ahead of training.")
     seed: int = Field(0, description="Seed of the sampler's random stream.")
+    reference: Literal["best", "last"] = Field(
+        "best", description="amr arm reference: each arm's best-ever probe loss, or the last evaluation's."
+    )
+    uniform_floor: float = Field(
+        0.0, ge=0.0, le=1.0, description="amr: share of the replay mass spread as uniform replay would (1 = uniform)."
+    )
+    odm_smoothing: float = Field(
+        0.9, ge=0.0, lt=1.0, description="odm: weight of the old reward estimate in its moving average (ODM's alpha)."
+    )
 
 
 class TrainConfig(Section):

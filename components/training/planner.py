@@ -162,7 +162,7 @@ def build_line_sampler(settings: Settings, index: Rows, line: Line, strategy: st
     if carried and carried.get("name") == sampler.name:
         sampler.load_state_dict(carried)  # Q values and RNG carry over; new arms join (see replay.base)
         sampler.rng = rank_rng(sampler.rng, rank)  # rank 0's saved stream; the other ranks jump off it
-    sampler.set_reference(line.state.arm_ref)
+    sampler.set_reference(line.arm_reference(cfg.reference))  # best-ever (default) or last probe loss
     return sampler
 
 

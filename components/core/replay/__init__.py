@@ -5,7 +5,7 @@ Usage by the training loop (components.training.planner; under DDP all-reduce `a
 
     arms = build_arms(index, past_drops, cfg.arms)
     sampler = build_sampler(cfg, arms)
-    sampler.set_reference(train_probe_loss_by_arm)  # measured at the last evaluation (components.evaluation)
+    sampler.set_reference(line_state.reference(cfg.reference))  # train-probe loss per arm: best-ever or last
     rows, arm = sampler.sample(n_replay)            # fetch `rows` from LanceDB by row id
     sampler.update(arm, per_sample_losses)          # after the forward pass
 """
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from components.core.config import ReplayConfig
 from components.core.replay.base import Arms, ReplaySampler, RowRange, build_arms
+from components.core.replay.odm import OnlineDataMixing
 from components.core.replay.strategies import AdaptiveReplay, BalancedReplay, NoReplay, UniformReplay, softmax
 
 REGISTRY: dict[str, type[ReplaySampler]] = {
-    cls.name: cls for cls in (NoReplay, UniformReplay, BalancedReplay, AdaptiveReplay)
+    cls.name: cls for cls in (NoReplay, UniformReplay, BalancedReplay, AdaptiveReplay, OnlineDataMixing)
 }
 
 
@@ -36,6 +37,7 @@ __all__ = [
     "Arms",
     "BalancedReplay",
     "NoReplay",
+    "OnlineDataMixing",
     "ReplaySampler",
     "RowRange",
     "UniformReplay",

@@ -1,4 +1,4 @@
-"""The four replay strategies behind one interface: none, uniform, balanced and amr.
+"""Four replay strategies behind one interface: none, uniform, balanced and amr (odm: components.core.replay.odm).
 
 The baselines differ from amr only in `probabilities()`; all of them draw a row uniformly inside the chosen
 arm, so the benchmark compares how the replay slots are spread, at equal compute.
@@ -73,7 +73,15 @@ class AdaptiveReplay(ReplaySampler):
     Q_a tracks mean(loss - ref_a) of the arm's replayed rows (see `update_from_stats`). An arm not pulled
     for s steps gets bonus * min(s, stale_steps) on top, so a stale low estimate gets re-checked. Then
         p = (1 - eps) * softmax((Q + b) / tau) + eps / K,
-    so every arm keeps at least eps/K of the slots however confident the estimate.
+    so every arm keeps at least eps/K of the slots however confident the estimate. With `uniform_floor` f > 0
+    the result is mixed with uniform replay's arm mix u (size_a / N):
+        p' = (1 - f) * p + f * u,
+    so no arm gets less than f times what uniform replay would give it (f = 1 is uniform replay).
+
+    Q is forgetting against the arm's reference (`replay.reference`): `best`, the arm's lowest probe loss at
+    any evaluation so far, or `last`, the latest evaluation's. With `last`, Q measures forgetting since the last
+    refresh, so the bandit chases the drop trained last and lets older drops slide (see README, Replay
+    defaults and the evidence).
     """
 
     name = "amr"
@@ -87,4 +95,6 @@ class AdaptiveReplay(ReplaySampler):
         if not k:
             return np.zeros(0)
         boltzmann = softmax((self.q + self.exploration_bonus()) / self.cfg.temperature)
-        return (1.0 - self.cfg.epsilon) * boltzmann + self.cfg.epsilon / k
+        p = (1.0 - self.cfg.epsilon) * boltzmann + self.cfg.epsilon / k
+        floor = self.cfg.uniform_floor
+        return (1.0 - floor) * p + floor * self.sizes / self.sizes.sum() if floor else p
