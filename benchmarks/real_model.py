@@ -273,7 +273,10 @@ def report(payload: dict) -> str:
     ]
     summary = [
         [s, _fmt(line["final_new_loss"]), _fmt(line["avg_forgetting_vs_best"])]
-        + [f"{_fmt(line['forgetting_vs_best'].get(d))} / {100 * line['vs_base'][d]:+.2f}%" for d in base]
+        + [
+            f"{_fmt(line['forgetting_vs_best'].get(d))} / {100 * line['vs_base'].get(d, float('nan')):+.2f}%"
+            for d in base
+        ]
         + [line["train_peak_rss_mb"], line["peak_rss_mb"], line["cpu_s"], line["wall_s"]]
         for s, line in lines.items()
     ]
