@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -79,6 +80,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reference-sequences", type=int, default=4, help="evaluate.reference_sequences_per_arm.")
     p.add_argument("--strategies", default="none,amr")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="Run the strategies' lines at the same time (a busy shared CPU: each gets its share, under equal load).",
+    )
     p.add_argument("--keep", action="store_true", help="Keep the run directory (memory, lines).")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--result-name", default="real_model")
@@ -229,6 +235,11 @@ def run_line(cfg: Settings, strategy: str) -> dict:
     }
 
 
+def timed_line(cfg: Settings, strategy: str) -> dict:
+    wall = time.perf_counter()
+    return run_isolated(run_line, cfg, strategy) | {"wall_s": round(time.perf_counter() - wall, 1)}
+
+
 def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
 
@@ -284,7 +295,8 @@ def report(payload: dict) -> str:
     return "\n\n".join(
         [
             f"# {title}",
-            f"Device {payload['device']}; {cfg['steps']} steps per drop of {cfg['batch_size']} x {cfg['context']} "
+            f"Device {payload['device']}; lines run {'at once' if payload['parallel_lines'] else 'one by one'}; "
+            f"{cfg['steps']} steps per drop of {cfg['batch_size']} x {cfg['context']} "
             "tokens "
             f"(grad accum {cfg['grad_accum']}), lr {cfg['lr']} (`train.pretrained_lr`), replay fraction "
             f"{cfg['replay_fraction']}, arms {cfg['arms']}; {cfg['eval_sequences']} held-out sequences per drop. "
@@ -330,10 +342,11 @@ def main(argv: list[str]) -> int:
     ingested = ingest(cfg, run / "drops", drops)
     say(f"ingest: {ingested}")
     lines = {}
-    for strategy in args.strategies.split(","):
-        wall = time.perf_counter()
-        lines[strategy] = run_isolated(run_line, cfg, strategy) | {"wall_s": round(time.perf_counter() - wall, 1)}
-        say(f"{strategy}: wall {lines[strategy]['wall_s']} s, CPU {lines[strategy]['cpu_s']} s")
+    strategies = args.strategies.split(",")
+    with ThreadPoolExecutor(len(strategies) if args.parallel else 1) as pool:  # each line in its own process
+        for strategy, result in zip(strategies, pool.map(partial(timed_line, cfg), strategies), strict=True):
+            lines[strategy] = result
+            say(f"{strategy}: wall {result['wall_s']} s, CPU {result['cpu_s']} s")
     first = next(iter(lines.values()))["loss_matrix"]
     base = dict(zip(first["drops"], first["values"][first["rows"].index(BASE_ROW)], strict=True))
     payload = {
@@ -354,6 +367,7 @@ def main(argv: list[str]) -> int:
         },
         "model": {"name": model.name} | model_info,
         "device": args.device,
+        "parallel_lines": args.parallel,
         "tokenizer_alone": alone,
         "ingest": ingested,
         "base_loss": base,
