@@ -20,10 +20,12 @@ Measured, each with the wall and CPU seconds and the load average beside it:
                     and against the base row (`vs_base`)
 Each line runs in its own spawned process (common.run_isolated) so its peak RSS is its own.
 
-Why these defaults: one optimizer step of 4 x 64 tokens of a 135M model takes seconds on a 2-core CPU, and each
-evaluation a forward pass over every trained drop; 10 steps per drop with 16 held-out sequences per drop is what
-fits about 20 minutes here. Ten steps at lr 1e-4 barely move a 135M model, so the CPU figures are a smoke test
-of the path and its costs, not a measure of forgetting; `--steps 1000 --device cuda` is.
+Cost on CPU: one optimizer step of 4 x 64 tokens of this 135M model took 50-130 s of wall time on the shared
+2-core machine at a load average of 6-10, and every line loads and saves the 538 MB weights per drop; the
+committed CPU result (benchmarks/results/real_model.md) is therefore `--steps 3 --eval-sequences 8
+--reference-sequences 2 --parallel`: 19 minutes, 315 CPU s per line. A few steps at lr 1e-4 barely move a 135M
+model, so the CPU figures are a smoke test of the path and its costs, not a measure of forgetting; `--steps 1000
+--device cuda` is.
 """
 
 from __future__ import annotations
@@ -240,6 +242,12 @@ def timed_line(cfg: Settings, strategy: str) -> dict:
     return run_isolated(run_line, cfg, strategy) | {"wall_s": round(time.perf_counter() - wall, 1)}
 
 
+def resolve_device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def _fmt(v) -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
 
@@ -366,7 +374,7 @@ def main(argv: list[str]) -> int:
             "model_parameters_m": round(parameters(model) / 1e6, 1),
         },
         "model": {"name": model.name} | model_info,
-        "device": args.device,
+        "device": resolve_device(args.device),
         "parallel_lines": args.parallel,
         "tokenizer_alone": alone,
         "ingest": ingested,
