@@ -212,6 +212,8 @@ def test_a_checkpoint_resumed_on_the_compacted_memory_equals_an_uninterrupted_ru
     env = dict(os.environ, AMR_HOME=str(killed.home), PYTHONPATH=str(ROOT))
     env |= {f"AMR_{k.replace('.', '__').upper()}": str(v) for k, v in (tiny | {"ingest.context_length": 64}).items()}
     env |= {"AMR_INGEST__CLUSTERS_PER_DROP": "2", "AMR_INGEST__MIN_HOLDOUT_SEQUENCES": "2"}
+    # the CLI runs outside the repo (no params.yaml there): give it the replay settings the in-process runs used
+    env |= {f"AMR_REPLAY__{k.upper()}": str(v) for k, v in straight.replay.model_dump().items()}
     cmd = [sys.executable, "-m", "components.cli", "train", "--strategy", "amr"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpts = killed.home / "lines" / "main" / "checkpoints" / "d2-licenses"

@@ -34,6 +34,7 @@ TINY = {
     "train.max_steps": 6,
     "train.checkpoint_every": 2,
     "ingest.context_length": 64,
+    "replay.replay_fraction": 0.25,  # 2 replay slots of 8, one per rank (params.yaml ships 0.125)
 }
 
 

@@ -33,6 +33,11 @@ TINY = {
     "train.warmup_steps": 2,
     "train.max_steps": 6,
     "ingest.context_length": 64,
+    # the bandit path these tests were written for (params.yaml ships balanced, 0.125, drop arms, floor 0.3)
+    "replay.strategy": "amr",
+    "replay.replay_fraction": 0.25,
+    "replay.arms": "cluster",
+    "replay.uniform_floor": 0.0,
 }
 
 pytestmark = pytest.mark.slow
@@ -136,7 +141,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, stream):
         os.environ,
         AMR_HOME=str(killed.home),
         PYTHONPATH=str(ROOT),
-        **{f"AMR_{k.replace('.', '__').upper()}": str(v) for k, v in (TINY | extra).items()},
+        # the CLI runs outside the repo (no params.yaml there): the replay settings the in-process runs used
+        **{f"AMR_REPLAY__{k.upper()}": str(v) for k, v in straight.replay.model_dump().items()}
+        | {f"AMR_{k.replace('.', '__').upper()}": str(v) for k, v in (TINY | extra).items()},
     )
     proc = subprocess.Popen(
         _train_cmd(killed.home), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -28,6 +28,8 @@ TINY = {
     "TRAIN__WARMUP_STEPS": 2,
     "INGEST__CONTEXT_LENGTH": 64,
     "INGEST__CLUSTERS_PER_DROP": 2,
+    "REPLAY__STRATEGY": "amr",  # the bandit's state and per-cluster arm probabilities are logged
+    "REPLAY__ARMS": "cluster",  # (params.yaml ships balanced with drop arms)
 }
 
 pytestmark = pytest.mark.slow

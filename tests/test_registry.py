@@ -172,7 +172,7 @@ def test_flat_params_cover_every_field_and_redact_credentials(tmp_path):
     settings.mlflow.tracking_uri = "https://alice:s3cret@mlflow.example.org:8443/api"
     params = registry.flat_params(settings)
     assert params["ingest.context_length"] == "64" and params["train.lr"] == "0.001"
-    assert params["replay.strategy"] == "amr" and params["train.max_steps"] == "null"
+    assert params["replay.strategy"] == settings.replay.strategy and params["train.max_steps"] == "null"
     assert params["home"] == str(tmp_path)
     assert params["mlflow.tracking_uri"] == "https://alice:***@mlflow.example.org:8443/api"
     assert "s3cret" not in "".join(params.values())
@@ -195,7 +195,7 @@ def test_run_records_params_memory_input_and_lineage(home, tmp_path):
     rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=registry.REPO, capture_output=True, text=True)
     tags = got.data.tags
     assert tags["amr.git_rev"] == (rev.stdout.strip() if rev.returncode == 0 else "unknown")
-    assert tags["amr.strategy"] == "amr" and tags["amr.line"] == "main"
+    assert tags["amr.strategy"] == home.settings.replay.strategy and tags["amr.line"] == "main"
     assert tags["amr.memory_version"] == str(version) and tags["amr.drops"] == "d1,d2"
     (dataset_input,) = got.inputs.dataset_inputs
     assert dataset_input.dataset.source_type == "lancedb" and len(dataset_input.dataset.digest) == 16
