@@ -138,3 +138,11 @@ def test_lookups_go_in_chunks_of_new_hashes(cfg, monkeypatch):
     monkeypatch.setattr(doc_index, "LOOKUP_CHUNK", 2)
     wanted = hashes("a") + hashes("c") + ["0" * 64]
     assert sorted(Memory.open(cfg).known_documents(wanted)) == sorted(hashes("a") + hashes("c"))
+
+
+def test_a_commit_merges_the_segments_once_they_pile_up(cfg, monkeypatch):
+    monkeypatch.setattr(doc_index, "MAX_SEGMENTS", 3)
+    result = ingest_repeat(cfg, "d", docs_of("a")[:1])  # the fourth drop finds three segments: one merged segment
+    assert result.record.duplicates == 1 and len(segments(Memory.open(cfg).db)) == 1
+    dataset = Memory.open(cfg).db.open_table(doc_index.DOCUMENTS).to_lance()
+    assert set(segments(Memory.open(cfg).db)[0]["fragment_ids"]) == {f.fragment_id for f in dataset.get_fragments()}

@@ -17,7 +17,8 @@ measured linear in the table's size), in the commit path, before the record. `kn
 segment, never a scan. If the index lags (a writer died between the append and the index update), Lance searches
 the unindexed fragments too (a flat filter over just those rows), and the next append indexes them. The segments,
 one per drop, are merged back into one by `compact` (with `amr memory compact`, once `memory.compact_fragments`
-have piled up), and `amr memory cleanup` prunes the table's old versions.
+have piled up), or by the commit that finds `MAX_SEGMENTS` of them (a merge every 16 drops amortises the rewrite);
+`amr memory cleanup` prunes the table's old versions. benchmarks/results/bookkeeping.md measures the lookup.
 
 Legacy: drops committed before this table existed have no rows; the table's schema metadata records the first
 commit version it covers (`SINCE`), and `known` looks those older drops up in the `doc_hash` column of their
@@ -42,6 +43,7 @@ SCAN_BATCH = 65_536
 INDEX = "doc_hash_idx"  # the BTREE index on doc_hash (LanceDB's default name for it)
 SINCE = "amr.indexed_since"  # schema metadata: the first commit version whose documents the table holds
 LOOKUP_CHUNK = 4096  # new hashes per `doc_hash IN (...)` query
+MAX_SEGMENTS = 16  # index segments before a commit merges them (a lookup searches each one)
 
 
 def rows(drop_id: str, hashes: Sequence[str], in_holdout: np.ndarray) -> pa.Table:
@@ -79,6 +81,8 @@ def index(docs: Any) -> None:
             first = pc.min(dataset.to_table(columns=["version"]).column("version")).as_py()
             dataset.update_schema_metadata({SINCE: str(first)})
         dataset.create_scalar_index("doc_hash", "BTREE", name=INDEX)
+    elif _segments(dataset) >= MAX_SEGMENTS:  # one more would slow every lookup: merge them all (once per N drops)
+        dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=_segments(dataset))
     else:
         dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=0)
 
@@ -121,32 +125,45 @@ def known(db: Any, live: dict[str, int], sequences: Any, hashes: Sequence[str]) 
     if not live or not hashes:
         return found
     wanted = sorted(set(hashes))
-    versions = ", ".join(str(v) for v in sorted(set(live.values())))
     covered: set[int] = set()
     if DOCUMENTS in db.list_tables().tables:
         dataset = db.open_table(DOCUMENTS).to_lance()
         since = (dataset.schema.metadata or {}).get(SINCE.encode())
         if since is None:  # written before the index: scan it, as before
-            scan = dataset.to_batches(
-                columns=["version", "doc_hash", "split"], filter=f"version IN ({versions})", batch_size=SCAN_BATCH
-            )
-            _hits(scan, pa.array(wanted, pa.string()), found, covered)
+            covered = scan(dataset, live, wanted, found)
         else:
             covered = {v for v in live.values() if v >= int(since)}
-            for start in range(0, len(wanted), LOOKUP_CHUNK):
-                values = ", ".join(_quote(h) for h in wanted[start : start + LOOKUP_CHUNK])
-                hits = dataset.to_table(
-                    columns=["doc_hash", "split"], filter=f"doc_hash IN ({values}) AND version IN ({versions})"
-                )
-                found.update(zip(hits.column("doc_hash").to_pylist(), hits.column("split").to_pylist(), strict=True))
+            search(dataset, live, wanted, found)
     legacy = sorted(d for d, v in live.items() if v not in covered)
     if legacy and sequences is not None:
         ids = ", ".join("'" + d + "'" for d in legacy)  # drop ids are plain names (components.core.ids)
-        scan = sequences.to_lance().to_batches(
+        batches = sequences.to_lance().to_batches(
             columns=["doc_hash", "split"], filter=f"drop_id IN ({ids})", batch_size=SCAN_BATCH
         )
-        _hits(scan, pa.array(wanted, pa.string()), found, None)
+        _hits(batches, pa.array(wanted, pa.string()), found, None)
     return found
+
+
+def search(dataset: Any, live: dict[str, int], wanted: list[str], found: dict[str, str]) -> None:
+    """Add the live hits among `wanted` to `found`: index lookups, `LOOKUP_CHUNK` hashes at a time."""
+    versions = ", ".join(str(v) for v in sorted(set(live.values())))
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        values = ", ".join(_quote(h) for h in wanted[start : start + LOOKUP_CHUNK])
+        hits = dataset.to_table(
+            columns=["doc_hash", "split"], filter=f"doc_hash IN ({values}) AND version IN ({versions})"
+        )
+        found.update(zip(hits.column("doc_hash").to_pylist(), hits.column("split").to_pylist(), strict=True))
+
+
+def scan(dataset: Any, live: dict[str, int], wanted: list[str], found: dict[str, str]) -> set[int]:
+    """The same from one pass over the whole table (before the index: O(memory)); returns the versions seen."""
+    versions = ", ".join(str(v) for v in sorted(set(live.values())))
+    seen: set[int] = set()
+    batches = dataset.to_batches(
+        columns=["version", "doc_hash", "split"], filter=f"version IN ({versions})", batch_size=SCAN_BATCH
+    )
+    _hits(batches, pa.array(wanted, pa.string()), found, seen)
+    return seen
 
 
 def _quote(value: str) -> str:
