@@ -3,6 +3,7 @@ the new hashes only, rows the index does not cover yet, orphans, compaction, cle
 
 from __future__ import annotations
 
+import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -51,7 +52,7 @@ def segments(db) -> list[dict]:
 def test_every_commit_is_indexed_and_a_lookup_is_an_index_search(cfg):
     memory = Memory.open(cfg)
     dataset = memory.db.open_table(doc_index.DOCUMENTS).to_lance()
-    assert len(segments(memory.db)) == 3  # one segment per drop commit: no rewrite of the whole index
+    assert len(segments(memory.db)) == 2  # a: [5]; b merges it: [10]; c: [10, 5] (doc_index.merge_count)
     covered = {f for s in segments(memory.db) for f in s["fragment_ids"]}
     assert covered == {f.fragment_id for f in dataset.get_fragments()}
     assert dataset.schema.metadata[doc_index.SINCE.encode()] == str(memory.record("a").version).encode()
@@ -140,9 +141,24 @@ def test_lookups_go_in_chunks_of_new_hashes(cfg, monkeypatch):
     assert sorted(Memory.open(cfg).known_documents(wanted)) == sorted(hashes("a") + hashes("c"))
 
 
+def test_segments_merge_like_a_binary_counter(tmp_path):
+    """Equal drops: one segment per 1 bit of the number of drops, and every fragment indexed."""
+    db = lancedb.connect(str(tmp_path / "db"))
+    texts = python_docs(40)
+    for n in range(1, 10):
+        doc_index.append(db, doc_index.rows(f"d{n}", [doc_hash(t) for t in texts[4 * n - 4 : 4 * n]], [False] * 4), n)
+        assert len(segments(db)) == bin(n).count("1"), n
+        covered = {f for s in segments(db) for f in s["fragment_ids"]}
+        assert covered == {f.fragment_id for f in db.open_table(doc_index.DOCUMENTS).to_lance().get_fragments()}
+    live = {f"d{n}": n for n in range(1, 10)}
+    assert sorted(doc_index.known(db, live, None, [doc_hash(t) for t in texts])) == sorted(
+        doc_hash(t) for t in texts[:36]
+    )
+
+
 def test_a_commit_merges_the_segments_once_they_pile_up(cfg, monkeypatch):
-    monkeypatch.setattr(doc_index, "MAX_SEGMENTS", 3)
-    result = ingest_repeat(cfg, "d", docs_of("a")[:1])  # the fourth drop finds three segments: one merged segment
+    monkeypatch.setattr(doc_index, "MAX_SEGMENTS", 2)
+    result = ingest_repeat(cfg, "d", docs_of("a")[:1])  # d finds two segments: all merged into one
     assert result.record.duplicates == 1 and len(segments(Memory.open(cfg).db)) == 1
     dataset = Memory.open(cfg).db.open_table(doc_index.DOCUMENTS).to_lance()
     assert set(segments(Memory.open(cfg).db)[0]["fragment_ids"]) == {f.fragment_id for f in dataset.get_fragments()}

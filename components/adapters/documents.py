@@ -10,15 +10,18 @@ that died before its record carries a version no record ever names, so it is nev
 removes it at the next recovery); the rows of a rolled-back drop stop counting and count again when it comes back.
 
 Cost, per drop: O(new data) (issue 11, item 3). A Lance BTREE scalar index on `doc_hash` (`INDEX`) is created with
-the table; each append adds a delta segment of the index covering just the appended rows
-(`optimize_indices(num_indices_to_merge=0)`: merging into one segment would rewrite the whole index each time, which
-measured linear in the table's size), in the commit path, before the record. `known` then asks
+the table and updated in the commit path, before the record. `known` asks
 `doc_hash IN (<new hashes>) AND version IN (<live commits>)` in chunks of `LOOKUP_CHUNK` hashes: a search of each
-segment, never a scan. If the index lags (a writer died between the append and the index update), Lance searches
-the unindexed fragments too (a flat filter over just those rows), and the next append indexes them. The segments,
-one per drop, are merged back into one by `compact` (with `amr memory compact`, once `memory.compact_fragments`
-have piled up), or by the commit that finds `MAX_SEGMENTS` of them (a merge every 16 drops amortises the rewrite);
-`amr memory cleanup` prunes the table's old versions. benchmarks/results/bookkeeping.md measures the lookup.
+index segment, never a scan. If the index lags (a writer died between the append and the index update), Lance
+searches the unindexed fragments too (a flat filter over just those rows), and the next append indexes them.
+
+Segments: merging each append into one index would rewrite the whole index every time (measured linear in the
+table's size), and one segment per append makes every lookup search them all (~20-40 ms per segment for 1e4
+hashes, benchmarks/results/bookkeeping.md). So segments merge like a binary counter (`merge_count`): the new
+rows' segment absorbs the newest segments while they are no bigger than what it holds so far, which keeps about
+log2(drops) segments and rewrites each row about log2(drops) times; `MAX_SEGMENTS` caps them. `compact` (with
+`amr memory compact`, once `memory.compact_fragments` have piled up) merges them into one and compacts the table;
+`amr memory cleanup` prunes its old versions.
 
 Legacy: drops committed before this table existed have no rows; the table's schema metadata records the first
 commit version it covers (`SINCE`), and `known` looks those older drops up in the `doc_hash` column of their
@@ -43,7 +46,7 @@ SCAN_BATCH = 65_536
 INDEX = "doc_hash_idx"  # the BTREE index on doc_hash (LanceDB's default name for it)
 SINCE = "amr.indexed_since"  # schema metadata: the first commit version whose documents the table holds
 LOOKUP_CHUNK = 4096  # new hashes per `doc_hash IN (...)` query
-MAX_SEGMENTS = 16  # index segments before a commit merges them (a lookup searches each one)
+MAX_SEGMENTS = 16  # index segments at which a commit merges them all (a lookup searches each one)
 
 
 def rows(drop_id: str, hashes: Sequence[str], in_holdout: np.ndarray) -> pa.Table:
@@ -81,10 +84,23 @@ def index(docs: Any) -> None:
             first = pc.min(dataset.to_table(columns=["version"]).column("version")).as_py()
             dataset.update_schema_metadata({SINCE: str(first)})
         dataset.create_scalar_index("doc_hash", "BTREE", name=INDEX)
-    elif _segments(dataset) >= MAX_SEGMENTS:  # one more would slow every lookup: merge them all (once per N drops)
-        dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=_segments(dataset))
     else:
-        dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=0)
+        dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=merge_count(dataset))
+
+
+def merge_count(dataset: Any) -> int:
+    """How many of the newest index segments the segment of the unindexed rows absorbs (Lance merges the newest
+    ones): while the next is no bigger than the rows gathered so far; all of them at `MAX_SEGMENTS`."""
+    rows = {f.fragment_id: f.metadata.physical_rows for f in dataset.get_fragments()}
+    segments = sorted((i for i in dataset.list_indices() if i["name"] == INDEX), key=lambda i: i["version"])
+    sizes = [sum(rows.get(f, 0) for f in s["fragment_ids"]) for s in segments]
+    if len(sizes) >= MAX_SEGMENTS:
+        return len(sizes)
+    merged, gathered = 0, sum(rows.values()) - sum(sizes)
+    while merged < len(sizes) and sizes[-1 - merged] <= gathered:
+        gathered += sizes[-1 - merged]
+        merged += 1
+    return merged
 
 
 def _segments(dataset: Any) -> int:
