@@ -17,9 +17,10 @@ searches the unindexed fragments too (a flat filter over just those rows), and t
 
 Segments: merging each append into one index would rewrite the whole index every time (measured linear in the
 table's size), and one segment per append makes every lookup search them all (1e4 hashes in 3e6 documents: 538
-ms CPU over 12 segments, 447 over 4; benchmarks/bookkeeping.py). So segments merge like a binary counter (`merge_count`): the new
-rows' segment absorbs the newest segments while they are no bigger than what it holds so far, which keeps about
-log2(drops) segments and rewrites each row about log2(drops) times; `MAX_SEGMENTS` caps them. `compact` (with
+ms CPU over 12 segments, 447 over 4; benchmarks/bookkeeping.py). So segments merge like a binary counter
+(`merge_count`): the new rows' segment absorbs the newest segments while they are no bigger than what it holds so
+far, which keeps about log2(drops) segments and rewrites each row about log2(drops) times; `MAX_SEGMENTS` caps
+them. `compact` (with
 `amr memory compact`, once `memory.compact_fragments` have piled up) merges them into one and compacts the table;
 `amr memory cleanup` prunes its old versions.
 
