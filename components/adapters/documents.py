@@ -9,20 +9,22 @@ Live rows are those of a live drop commit (`version` in the live drops' commit v
 that died before its record carries a version no record ever names, so it is never seen (and `drop_orphans`
 removes it at the next recovery); the rows of a rolled-back drop stop counting and count again when it comes back.
 
-Cost, per drop: O(new data) (issue 11, item 3). A Lance BTREE scalar index on `doc_hash` (`INDEX`) is created with
-the table and updated in the commit path, before the record. `known` asks
+Cost, per drop: a search per new hash instead of a scan (issue 11, item 3). A Lance BTREE scalar index on
+`doc_hash` (`INDEX`) is created with the table and updated in the commit path, before the record. `known` asks
 `doc_hash IN (<new hashes>) AND version IN (<live commits>)` in chunks of `LOOKUP_CHUNK` hashes: a search of each
-index segment, never a scan. If the index lags (a writer died between the append and the index update), Lance
-searches the unindexed fragments too (a flat filter over just those rows), and the next append indexes them.
+index segment. Measured (benchmarks/results/bookkeeping.md) it grows far slower than the scan but is not flat: a
+BTREE page holds 4096 hashes, and a drop whose hashes outnumber the pages reads most of them; the index wins once
+the memory holds ~100x the new drop's documents. If the index lags (a writer died between the append and the
+index update), Lance searches the unindexed fragments too (a flat filter over just those rows), and the next
+append indexes them.
 
 Segments: merging each append into one index would rewrite the whole index every time (measured linear in the
 table's size), and one segment per append makes every lookup search them all (1e4 hashes in 3e6 documents: 538
 ms CPU over 12 segments, 447 over 4; benchmarks/bookkeeping.py). So segments merge like a binary counter
 (`merge_count`): the new rows' segment absorbs the newest segments while they are no bigger than what it holds so
 far, which keeps about log2(drops) segments and rewrites each row about log2(drops) times; `MAX_SEGMENTS` caps
-them. `compact` (with
-`amr memory compact`, once `memory.compact_fragments` have piled up) merges them into one and compacts the table;
-`amr memory cleanup` prunes its old versions.
+them. `compact` (with `amr memory compact`, once `memory.compact_fragments` have piled up) merges them into one and
+compacts the table; `amr memory cleanup` prunes its old versions.
 
 Legacy: drops committed before this table existed have no rows; the table's schema metadata records the first
 commit version it covers (`SINCE`), and `known` looks those older drops up in the `doc_hash` column of their
