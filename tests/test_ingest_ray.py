@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from components.adapters.memory import Memory
+from components.adapters.s3 import s3_client
 from components.ingest import ingest_source
+from components.versioning.retention import cleanup
 from tests.helpers import jsonl, license_docs, make_drop, python_docs, settings_for
 
 ray = pytest.importorskip("ray")
@@ -35,9 +37,19 @@ RECORD_FIELDS = (
 )
 
 
+MOTO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_cluster(moto_endpoint):
+    """A real local Ray, 2 CPUs; its workers get the moto server's dummy credentials from their environment, as
+    workers on a cluster get theirs from a Secret (nothing is shipped from the driver)."""
+    env = MOTO_CREDENTIALS | {"AWS_ENDPOINT_URL": moto_endpoint}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -65,6 +77,7 @@ def drops(tmp_path_factory) -> Path:
         "b-more",
         {"b.jsonl.gz": gzip.compress(jsonl(code[20:40] + [code[3]])), "c.ndjson": jsonl(code[40:] + [code[21]])},
     )
+    make_drop(root, "c-dup", {"dup.jsonl": jsonl(code[:3])})  # nothing new: `duplicate`, checked again on a re-run
     return root
 
 
@@ -89,7 +102,7 @@ def ingest_both(tmp_path: Path, root: Path) -> tuple:
 def test_ray_ingest_equals_local_and_a_rerun_writes_nothing(tmp_path, ray_cluster, drops):
     got_local, got_ray, local, remote = ingest_both(tmp_path, drops)
     assert [(r.drop_id, r.status, r.message) for r in got_ray] == [(r.drop_id, r.status, r.message) for r in got_local]
-    assert [r.status for r in got_ray] == ["ingested", "ingested"]
+    assert [r.status for r in got_ray] == ["ingested", "ingested", "duplicate"]
     assert got_ray[1].record.duplicates == 2  # one repeat across drops, one inside the drop
     a, b = Memory.open(local), Memory.open(remote)
     assert records(b) == records(a)
@@ -108,9 +121,33 @@ def test_ray_ingest_equals_local_and_a_rerun_writes_nothing(tmp_path, ray_cluste
 
     version, files = b.version, sorted(p.name for p in (remote.home / "memory").rglob("*") if p.is_file())
     again = ingest_source(remote, str(drops), False)
-    assert [r.status for r in again] == ["present", "present"]
+    assert [r.status for r in again] == ["present", "present", "duplicate"]  # re-checked, tokenizing nothing
     assert b.version == version
     assert sorted(p.name for p in (remote.home / "memory").rglob("*") if p.is_file()) == files
+
+
+def test_workers_read_drops_from_s3_and_write_an_s3_memory(tmp_path, ray_cluster, s3_env):
+    client = s3_client()
+    client.create_bucket(Bucket="ray-drops")
+    client.create_bucket(Bucket="ray-memory")
+    files = {
+        "a.jsonl.gz": gzip.compress(jsonl(python_docs(12))),
+        "notes/l0.txt": license_docs(1)[0].encode(),
+        "_READY": b"",
+    }
+    for name, data in files.items():
+        client.put_object(Bucket="ray-drops", Key=f"in/s3-drop/{name}", Body=data)
+    local = settings_for(tmp_path / "local")
+    remote = settings_for(tmp_path / "ray", **{"ingest.engine": "ray", "memory.uri": "s3://ray-memory/memory"})
+    got_local, got_ray = (
+        ingest_source(local, "s3://ray-drops/in", False),
+        ingest_source(remote, "s3://ray-drops/in", False),
+    )
+    assert [r.status for r in got_ray] == [r.status for r in got_local] == ["ingested"]
+    a, b = Memory.open(local), Memory.open(remote)
+    assert records(b) == records(a)
+    assert memory_rows(b)["doc_hash"] == memory_rows(a)["doc_hash"]
+    assert client.list_objects_v2(Bucket="ray-memory", Prefix="memory/sequences.lance/data/")["KeyCount"] > 0
 
 
 def test_a_bad_line_is_rejected_with_the_local_message(tmp_path, ray_cluster):
@@ -158,12 +195,22 @@ def test_a_driver_killed_after_the_workers_wrote_commits_the_drop_once_on_the_re
     assert dead.live() == [] and dead.record("a-code") is None  # the fragments are no part of any version
     assert dead.table().count_rows() == 0
     results = ingest_source(remote, str(drops), False)
-    assert [r.status for r in results] == ["ingested", "ingested"]
+    assert [r.status for r in results] == ["ingested", "ingested", "duplicate"]
     memory = Memory.open(remote)
-    assert [r.drop_id for r in memory.records()] == ["a-code", "b-more"]  # each committed exactly once
+    assert [(r.drop_id, r.status) for r in memory.records()] == [  # each committed exactly once
+        ("a-code", "ingested"),
+        ("b-more", "ingested"),
+        ("c-dup", "duplicate"),
+    ]
     assert [t for v in memory.versions() for t in v["tags"]] == ["drop-a-code", "drop-b-more"]
     local = settings_for(tmp_path / "local")
     ingest_source(local, str(drops), False)
     assert records(memory) == records(Memory.open(local))
     assert memory_rows(memory)["drop_id"] == memory_rows(Memory.open(local))["drop_id"]
     assert set(written) < {p.name for p in data.iterdir()}  # the orphans are still there, unreferenced
+    week_ago = time.time() - 8 * 86400  # Lance keeps unreferenced files younger than 7 days (a write in flight)
+    for name in written:
+        os.utime(data / name, (week_ago, week_ago))
+    cleanup(remote)
+    assert not set(written) & {p.name for p in data.iterdir()}
+    assert Memory.open(remote).verify().rows == memory.verify().rows

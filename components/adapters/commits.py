@@ -213,7 +213,8 @@ class Commits:
         writer()), then tag, document index and record exactly as `commit_drop`. Call inside writer().
 
         Fragments whose commit never happens (the writer died first) are files no Lance version references:
-        readers never see them, and `amr memory cleanup` / retention delete them."""
+        readers never see them, and `amr memory cleanup` deletes them once they are older than the 7 days Lance leaves
+        to files of writes that may still be in flight."""
         import lance  # pylance, which lancedb uses underneath
 
         check_drop_id(rec.drop_id)

@@ -20,8 +20,9 @@ The split of the work:
 Atomicity and recovery: nothing a worker writes is visible before the driver's commit, and the commit is one Lance
 version, recorded after, as for the local engine. A driver killed after the workers wrote their fragments and before
 the commit leaves only data files no Lance version references: readers never see them, the next ingest of the drop
-starts again from scratch and commits it once (tests/test_ingest_ray.py kills one), and `amr memory cleanup` /
-retention remove the files. A killed driver's Ray tasks and objects are freed by Ray with the driver.
+starts again from scratch and commits it once (tests/test_ingest_ray.py kills one), and `amr memory cleanup`
+removes the files once they are older than Lance's 7-day guard for writes still in flight (the same test). A
+killed driver's Ray tasks and objects are freed by Ray with the driver.
 
 Ray itself: `ingest.ray_address` '' starts a local Ray with this machine's CPUs (and it stops with this process);
 otherwise it joins that cluster. A Ray already initialized in this process (tests, notebooks) is used as it is.

@@ -5,6 +5,10 @@ into a token spill on disk (components.ingest.scan, .spill) -> split by document
 (components.core.packing) -> k-means arms (components.ingest.clustering) -> one LanceDB commit
 (components.adapters.memory), with its row digest and row-id index (components.ingest.rows).
 
+* Engines (components.ingest.engine_local): `ingest.engine` local runs the heavy work in this process; ray runs the
+  read, tokenize, labelling and writes on Ray Data workers and commits their fragments once
+  (components.ingest.engine_ray). What happens to a drop (below) is decided here, the same way for both.
+
 * Bounded memory: no drop's texts or tokens are held whole; memory holds per-document and per-row metadata and a
   batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests.
 

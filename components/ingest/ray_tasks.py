@@ -36,9 +36,9 @@ def _source(location: str, s3_json: str):
 
 
 def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, tokenizer, parse: bool) -> dict:
-    """Hash, read, check and (with `parse` and no issues) tokenize one file of the drop: `DropScan.file_documents`,
-    the same code the local engine runs over the whole drop. Documents repeated inside the file are tokenized once;
-    repeats across files are deduplicated by the driver, which only reads the metadata."""
+    """Hash, read, check and (with `parse`, a `tokenizer` and no issues) tokenize one file of the drop:
+    `DropScan.file_documents`, the same code the local engine runs over the whole drop. Documents repeated inside
+    the file are tokenized once; repeats across files are deduplicated by the driver, which reads the metadata."""
     if isinstance(tokenizer, ray.ObjectRef):  # put once by the driver, got once per task
         tokenizer = ray.get(tokenizer)
     scan = DropScan(_source(location, s3_json), drop_id, limit, parse=parse)
@@ -59,7 +59,7 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
             continue
         h = doc_hash(doc.text)
         hashes.append(h)
-        if h in seen or scan.contents.issues:  # a drop with issues is rejected: no tokens needed
+        if tokenizer is None or h in seen or scan.contents.issues:  # a drop with issues is rejected: no tokens
             continue
         seen.add(h)
         tok_hashes.append(h)
