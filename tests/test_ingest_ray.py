@@ -15,7 +15,10 @@ import pytest
 
 from components.adapters.memory import Memory
 from components.adapters.s3 import s3_client
+from components.core.text import load_tokenizer
 from components.ingest import ingest_source
+from components.ingest.drops import LocalSource
+from components.ingest.pipeline import Bars, ingest_drop
 from components.versioning.retention import cleanup
 from tests.helpers import jsonl, license_docs, make_drop, python_docs, settings_for
 
@@ -124,6 +127,13 @@ def test_ray_ingest_equals_local_and_a_rerun_writes_nothing(tmp_path, ray_cluste
     assert [r.status for r in again] == ["present", "present", "duplicate"]  # re-checked, tokenizing nothing
     assert b.version == version
     assert sorted(p.name for p in (remote.home / "memory").rglob("*") if p.is_file()) == files
+
+    with b.writer() as mem:  # roll every drop back: c-dup's documents are new again, found by a scan without tokens
+        mem.set_drops({}, "test rollback")
+    ref = next(r for r in LocalSource(drops).list_drops() if r.drop_id == "c-dup")
+    result = ingest_drop(b, LocalSource(drops), ref, remote, load_tokenizer("byte"), Bars(False))
+    assert result.status == "ingested", result.message
+    assert set(memory_rows(Memory.open(remote))["drop_id"]) == {"c-dup"}
 
 
 def test_workers_read_drops_from_s3_and_write_an_s3_memory(tmp_path, ray_cluster, s3_env):

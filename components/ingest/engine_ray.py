@@ -27,6 +27,9 @@ killed driver's Ray tasks and objects are freed by Ray with the driver.
 Ray itself: `ingest.ray_address` '' starts a local Ray with this machine's CPUs (and it stops with this process);
 otherwise it joins that cluster. A Ray already initialized in this process (tests, notebooks) is used as it is.
 Workers need this package (the image of infra/k8s/raycluster.yaml); the tokenizer travels from the driver.
+A drop's tokens wait in Ray's object store between the scan and the writes (4 bytes a token, spread over the
+nodes); past its size Ray spills them to the nodes' local disks. The scan is one task per file: a drop of many
+tiny files pays Ray's per-task overhead for each.
 """
 
 from __future__ import annotations
@@ -149,8 +152,9 @@ class RayEngine:
         rows, blocks = self._scan_files(parse=True, tokenize=tokenize)
         scan = self._merge(rows)
         out = Scanned(scan.contents, spilled={} if tokenize else None)
-        store = TokenStore()
-        store.blocks = blocks
+        store = self.store  # filled in place: plan_drop may hold it while a re-scan adds the tokens
+        if tokenize:
+            store.where, store.counts, store.blocks = [], [], blocks
         for row in rows:
             out.n_documents += row["n_documents"]
             out.hashes += row["hashes"]
@@ -163,8 +167,6 @@ class RayEngine:
                     store.where.append((row["block"], row["row"], offset))
                     store.counts.append(n)
                 offset += n
-        if tokenize:
-            self.store = store
         return unchanged(out, content, self.ref.drop_id)
 
     def plan(self, memory: Memory, scanned: Scanned, content: str) -> Plan:
