@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +64,13 @@ MIN_TASK_ROWS = 1024  # rows per labelling / writing task at least; at most two 
 def connect(address: str) -> None:
     """Join (or start, for '') the Ray cluster, once per process, quietly."""
     if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset chatter on the CLI's stderr
+        with warnings.catch_warnings():  # Ray starts its processes with fork + exec, which lancedb warns about
+            warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset chatter on the CLI's stderr
 
 
 class TokenStore:
