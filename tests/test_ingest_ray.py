@@ -224,3 +224,23 @@ def test_a_driver_killed_after_the_workers_wrote_commits_the_drop_once_on_the_re
     cleanup(remote)
     assert not set(written) & {p.name for p in data.iterdir()}
     assert Memory.open(remote).verify().rows == memory.verify().rows
+
+
+def test_the_local_engine_never_imports_ray(tmp_path):
+    root = tmp_path / "drops"
+    make_drop(root, "d1", {"a.jsonl": jsonl(python_docs(4))})
+    code = (
+        "import sys; from pathlib import Path; from components.ingest import ingest_source; "
+        "from tests.helpers import settings_for; "
+        f"r = ingest_source(settings_for(Path({str(tmp_path / 'home')!r})), {str(root)!r}, False); "
+        "assert r[0].status == 'ingested', r; assert 'ray' not in sys.modules and 'lance_ray' not in sys.modules"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
