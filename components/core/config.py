@@ -51,6 +51,17 @@ class IngestConfig(Section):
         "local Hugging Face tokenizer directory.",
     )
     seed: int = Field(0, description="Seed of the k-means clustering.")
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="'local': this process reads, tokenizes and writes. 'ray': Ray Data workers read and tokenize "
+        "the files, build, cluster and write the rows as Lance fragments; this process plans and commits once "
+        "(README: Scaling ingest with Ray). Needs the [ray] extra.",
+    )
+    ray_address: str = Field(
+        "",
+        description="Ray cluster for engine 'ray': '' starts a local Ray on this machine's CPUs; else an address "
+        "such as 'ray://head:10001', 'head:6379' or 'auto' (the cluster this machine belongs to).",
+    )
 
 
 class MemoryConfig(Section):
