@@ -41,18 +41,34 @@ def _rows(tokens, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def record_batches(
-    drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], schema: pa.Schema, advance
-) -> Iterator[pa.RecordBatch]:
-    """The drop's rows as record batches in write order (see the module docstring), so the commit streams."""
-    width = schema.field("tokens").type.list_size
-    for split, part, cluster, hashes, order in (
+def write_parts(packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> list[tuple]:
+    """(split, part, cluster labels, doc hashes per row, positions in write order) of each split, in write order."""
+    return [
         ("train", packed.train, clusters[0], packed.train_doc_hashes, train_order(clusters[0])),
         ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, np.arange(len(packed.holdout.lengths))),
-    ):
+    ]
+
+
+def record_batches(
+    drop_id: str,
+    packed: SplitPacked,
+    clusters: tuple[np.ndarray, np.ndarray],
+    schema: pa.Schema,
+    advance,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The drop's rows [start, stop) of the write order (see the module docstring) as record batches, so the commit
+    streams; the Ray engine writes each range as its own fragments (components.ingest.engine_ray)."""
+    width = schema.field("tokens").type.list_size
+    offset = 0  # write-order index of the split's first row
+    for split, part, cluster, hashes, order in write_parts(packed, clusters):
+        n = len(part.lengths)
+        lo, hi = max(start - offset, 0), min(n if stop is None else stop - offset, n)
+        offset += n
         hashes = np.asarray(hashes, dtype=object)
-        for start in range(0, len(part.lengths), BATCH_ROWS):
-            idx = order[start : start + BATCH_ROWS]
+        for first in range(lo, hi, BATCH_ROWS):
+            idx = order[first : min(first + BATCH_ROWS, hi)]
             flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
             yield pa.RecordBatch.from_arrays(
                 [
@@ -95,7 +111,10 @@ def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray,
     return columns_digest(n, columns)
 
 
-def bookkeeping(rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> None:
-    """Fill the record's row digest and train rows per cluster (its fragments are added by the commit)."""
-    rec.rows_hash = packed_digest(rec.drop_id, packed, clusters)
+def bookkeeping(
+    rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], digest: str | None = None
+) -> None:
+    """Fill the record's row digest (`digest` when a Ray worker hashed the rows) and train rows per cluster (its
+    fragments are added by the commit)."""
+    rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters)
     rec.arm_rows = json.dumps(np.bincount(clusters[0], minlength=rec.clusters).tolist())  # DropIndex

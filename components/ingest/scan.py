@@ -79,6 +79,7 @@ class Plan:
     packed: SplitPacked | None = None
     clusters: tuple[np.ndarray, np.ndarray] | None = None
     too_small: str = ""
+    at: np.ndarray | None = None  # token-store index of each stored document (split_layouts input order)
 
 
 def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
@@ -92,10 +93,27 @@ def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
     return keep
 
 
+def unchanged(scanned: Scanned, content: str, drop_id: str) -> Scanned:
+    """The scan, unless the drop's content changed since it was hashed (then a producer broke the drop contract)."""
+    if scanned.contents.content_hash != content:
+        raise RuntimeError(
+            f"drop {drop_id} changed while it was read (content {content[:12]}, then "
+            f"{scanned.contents.content_hash[:12]}): a producer must write _READY last and never change a drop after"
+        )
+    return scanned
+
+
 def plan_drop(
-    memory: Memory, scanned: Scanned, settings: Settings, tokenizer: Tokenizer, spill: Spill, rescan: Callable
+    memory: Memory,
+    scanned: Scanned,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    spill: Spill,
+    rescan: Callable,
+    cluster: bool = True,
 ) -> Plan:
-    """Deduplicate against the memory, then split, lay out and cluster only the new documents.
+    """Deduplicate against the memory, then split, lay out and (unless `cluster` is False: the Ray engine clusters
+    on its workers) cluster only the new documents. `spill` is any token store with `lengths()` and `tokens(i)`.
 
     `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring).
     """
@@ -106,7 +124,7 @@ def plan_drop(
     if scanned.spilled is None:
         scanned.spilled = rescan().spilled
     keep_hashes = [scanned.hashes[i] for i in plan.keep]
-    at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
+    at = plan.at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
     lengths = spill.lengths()[at]
     try:
         plan.packed = split_layouts(
@@ -122,5 +140,6 @@ def plan_drop(
     except DropTooSmall as exc:
         plan.too_small = str(exc)
         return plan
-    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+    if cluster:
+        plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
     return plan
