@@ -59,7 +59,7 @@ def scan_arms(memory: Memory, past: list[str], mode: str):
     return build_arms(memory.index(), past, mode)
 
 
-@pytest.mark.parametrize("mode", ["drop"])
+@pytest.mark.parametrize("mode", ["drop", "cluster"])
 def test_indexed_arms_and_new_rows_equal_a_full_scan(memory, mode):
     indexes = memory.drop_indexes(DROPS)
     assert indexes is not None and set(indexes) == set(DROPS)

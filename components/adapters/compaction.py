@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from components.adapters import documents as doc_index
 from components.adapters.records import COMPACTED_PREFIX, SEQUENCES, MemoryStoreError
 
 
@@ -34,6 +35,7 @@ class CompactReport:
     rows: int
     seconds: float
     note: str
+    documents: bool = False  # the document index was compacted too (components.adapters.documents `compact`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +47,14 @@ def small_fragments(dataset, rows_per_fragment: int) -> int:
 
 
 def compact(memory, rows_per_fragment: int, min_fragments: int = 2) -> CompactReport:
-    """Compact the memory version when it has at least `min_fragments` small fragments. Call inside writer()."""
+    """Compact the memory version when it has at least `min_fragments` small fragments, and the document index when
+    it has that many fragments or index segments (one per drop each). Call inside writer()."""
+    report = _compact_sequences(memory, rows_per_fragment, min_fragments)
+    report.documents = memory.version > 1 and doc_index.compact(memory.db, min_fragments)
+    return report
+
+
+def _compact_sequences(memory, rows_per_fragment: int, min_fragments: int) -> CompactReport:
     started, version = time.perf_counter(), memory.version
     if version <= 1:
         return CompactReport(version, version, 0, 0, 0, 0.0, "the memory is empty: nothing to compact")

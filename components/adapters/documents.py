@@ -9,13 +9,27 @@ Live rows are those of a live drop commit (`version` in the live drops' commit v
 that died before its record carries a version no record ever names, so it is never seen (and `drop_orphans`
 removes it at the next recovery); the rows of a rolled-back drop stop counting and count again when it comes back.
 
-Cost, per drop: `known` reads the `version`, `doc_hash` and `split` columns of the whole index once, in record
-batches, and keeps only the hits (memory: the new drop's hashes plus the hits; I/O: ~80 bytes per stored document,
-so 1e7 documents read ~0.8 GB per drop). That is O(memory), not O(new data). The move to O(new data) (issue 11,
-item 3) keeps this table and its writes: a Lance BTREE scalar index on `doc_hash` (`create_scalar_index`,
-refreshed by `optimize` after each append) turns the scan into `doc_hash IN (...)` lookups of the new hashes.
-Drops committed before this table existed have no rows; `known` falls back to the `doc_hash` column of their
-sequences, so their documents that begin a row are found, shorter ones packed mid-row are not.
+Cost, per drop: a search per new hash instead of a scan (issue 11, item 3). A Lance BTREE scalar index on
+`doc_hash` (`INDEX`) is created with the table and updated in the commit path, before the record. `known` asks
+`doc_hash IN (<new hashes>) AND version IN (<live commits>)` in chunks of `LOOKUP_CHUNK` hashes: a search of each
+index segment. Measured (benchmarks/results/bookkeeping.md) it grows far slower than the scan but is not flat: a
+BTREE page holds 4096 hashes, and a drop whose hashes outnumber the pages reads most of them; the index wins once
+the memory holds ~100x the new drop's documents. If the index lags (a writer died between the append and the
+index update), Lance searches the unindexed fragments too (a flat filter over just those rows), and the next
+append indexes them.
+
+Segments: merging each append into one index would rewrite the whole index every time (measured linear in the
+table's size), and one segment per append makes every lookup search them all (1e4 hashes in 3e6 documents: 538
+ms CPU over 12 segments, 447 over 4; benchmarks/bookkeeping.py). So segments merge like a binary counter
+(`merge_count`): the new rows' segment absorbs the newest segments while they are no bigger than what it holds so
+far, which keeps about log2(drops) segments and rewrites each row about log2(drops) times; `MAX_SEGMENTS` caps
+them. `compact` (with `amr memory compact`, once `memory.compact_fragments` have piled up) merges them into one and
+compacts the table; `amr memory cleanup` prunes its old versions.
+
+Legacy: drops committed before this table existed have no rows; the table's schema metadata records the first
+commit version it covers (`SINCE`), and `known` looks those older drops up in the `doc_hash` column of their
+sequences (their documents that begin a row are found, shorter ones packed mid-row are not). A table written before
+the index existed (no `SINCE`) is scanned once per lookup, as it used to be, until its next append indexes it.
 """
 
 from __future__ import annotations
@@ -32,6 +46,10 @@ SCHEMA = pa.schema(
     [("drop_id", pa.string()), ("version", pa.int64()), ("doc_hash", pa.string()), ("split", pa.string())]
 )
 SCAN_BATCH = 65_536
+INDEX = "doc_hash_idx"  # the BTREE index on doc_hash (LanceDB's default name for it)
+SINCE = "amr.indexed_since"  # schema metadata: the first commit version whose documents the table holds
+LOOKUP_CHUNK = 4096  # new hashes per `doc_hash IN (...)` query
+MAX_SEGMENTS = 16  # index segments at which a commit merges them all (a lookup searches each one)
 
 
 def rows(drop_id: str, hashes: Sequence[str], in_holdout: np.ndarray) -> pa.Table:
@@ -50,11 +68,62 @@ def rows(drop_id: str, hashes: Sequence[str], in_holdout: np.ndarray) -> pa.Tabl
 
 
 def append(db: Any, table: pa.Table, version: int) -> None:
+    """Add one commit's rows and index them (see the module docstring); call before the commit's record."""
     stamped = table.set_column(1, "version", pa.array(np.full(table.num_rows, version, np.int64)))
     if DOCUMENTS in db.list_tables().tables:
-        db.open_table(DOCUMENTS).add(stamped)
+        docs = db.open_table(DOCUMENTS)
+        docs.add(stamped)
     else:
-        db.create_table(DOCUMENTS, data=stamped, schema=SCHEMA)
+        docs = db.create_table(DOCUMENTS, data=stamped, schema=SCHEMA.with_metadata({SINCE: str(version)}))
+    index(docs)
+
+
+def index(docs: Any) -> None:
+    """Index the rows no segment of `INDEX` covers yet: a new segment of just them, or the whole index when the
+    table has none (created before the index existed, or its writer died before indexing: once)."""
+    dataset = docs.to_lance()  # one Lance dataset object for every step: it follows its own commits
+    if not _segments(dataset):
+        if SINCE.encode() not in (dataset.schema.metadata or {}):  # a table from before: it covers from its first row
+            first = pc.min(dataset.to_table(columns=["version"]).column("version")).as_py()
+            dataset.update_schema_metadata({SINCE: str(first)})
+        dataset.create_scalar_index("doc_hash", "BTREE", name=INDEX)
+    else:
+        dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=merge_count(dataset))
+
+
+def merge_count(dataset: Any) -> int:
+    """How many of the newest index segments the segment of the unindexed rows absorbs (Lance merges the newest
+    ones): while the next is no bigger than the rows gathered so far; all of them at `MAX_SEGMENTS`."""
+    rows = {f.fragment_id: f.metadata.physical_rows for f in dataset.get_fragments()}
+    segments = sorted((i for i in dataset.list_indices() if i["name"] == INDEX), key=lambda i: i["version"])
+    sizes = [sum(rows.get(f, 0) for f in s["fragment_ids"]) for s in segments]
+    if len(sizes) >= MAX_SEGMENTS:
+        return len(sizes)
+    merged, gathered = 0, sum(rows.values()) - sum(sizes)
+    while merged < len(sizes) and sizes[-1 - merged] <= gathered:
+        gathered += sizes[-1 - merged]
+        merged += 1
+    return merged
+
+
+def _segments(dataset: Any) -> int:
+    return sum(1 for i in dataset.list_indices() if i["name"] == INDEX)
+
+
+def compact(db: Any, min_fragments: int) -> bool:
+    """Merge the index's per-drop segments into one and rewrite the table into few fragments, once either count
+    has reached `min_fragments`; True if it did. Call inside the memory's writer().
+
+    Merging comes first: Lance does not compact fragments that different index segments cover."""
+    if DOCUMENTS not in db.list_tables().tables:
+        return False
+    dataset = db.open_table(DOCUMENTS).to_lance()
+    if max(len(dataset.get_fragments()), _segments(dataset)) < min_fragments:
+        return False
+    if _segments(dataset):
+        dataset.optimize.optimize_indices(index_names=[INDEX], num_indices_to_merge=_segments(dataset))
+    dataset.optimize.compact_files(materialize_deletions=True)  # Lance remaps the index's row ids
+    return True
 
 
 def _hits(batches: Iterable[pa.RecordBatch], wanted: pa.Array, found: dict[str, str], seen: set[int] | None) -> None:
@@ -74,26 +143,50 @@ def known(db: Any, live: dict[str, int], sequences: Any, hashes: Sequence[str]) 
     found: dict[str, str] = {}
     if not live or not hashes:
         return found
-    wanted = pa.array(sorted(set(hashes)), pa.string())
-    versions = ", ".join(str(v) for v in sorted(set(live.values())))
-    seen: set[int] = set()
+    wanted = sorted(set(hashes))
+    covered: set[int] = set()
     if DOCUMENTS in db.list_tables().tables:
-        scan = (
-            db.open_table(DOCUMENTS)
-            .to_lance()
-            .to_batches(
-                columns=["version", "doc_hash", "split"], filter=f"version IN ({versions})", batch_size=SCAN_BATCH
-            )
-        )
-        _hits(scan, wanted, found, seen)
-    legacy = sorted(d for d, v in live.items() if v not in seen)
+        dataset = db.open_table(DOCUMENTS).to_lance()
+        since = (dataset.schema.metadata or {}).get(SINCE.encode())
+        if since is None:  # written before the index: scan it, as before
+            covered = scan(dataset, live, wanted, found)
+        else:
+            covered = {v for v in live.values() if v >= int(since)}
+            search(dataset, live, wanted, found)
+    legacy = sorted(d for d, v in live.items() if v not in covered)
     if legacy and sequences is not None:
         ids = ", ".join("'" + d + "'" for d in legacy)  # drop ids are plain names (components.core.ids)
-        scan = sequences.to_lance().to_batches(
+        batches = sequences.to_lance().to_batches(
             columns=["doc_hash", "split"], filter=f"drop_id IN ({ids})", batch_size=SCAN_BATCH
         )
-        _hits(scan, wanted, found, None)
+        _hits(batches, pa.array(wanted, pa.string()), found, None)
     return found
+
+
+def search(dataset: Any, live: dict[str, int], wanted: list[str], found: dict[str, str]) -> None:
+    """Add the live hits among `wanted` to `found`: index lookups, `LOOKUP_CHUNK` hashes at a time."""
+    versions = ", ".join(str(v) for v in sorted(set(live.values())))
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        values = ", ".join(_quote(h) for h in wanted[start : start + LOOKUP_CHUNK])
+        hits = dataset.to_table(
+            columns=["doc_hash", "split"], filter=f"doc_hash IN ({values}) AND version IN ({versions})"
+        )
+        found.update(zip(hits.column("doc_hash").to_pylist(), hits.column("split").to_pylist(), strict=True))
+
+
+def scan(dataset: Any, live: dict[str, int], wanted: list[str], found: dict[str, str]) -> set[int]:
+    """The same from one pass over the whole table (before the index: O(memory)); returns the versions seen."""
+    versions = ", ".join(str(v) for v in sorted(set(live.values())))
+    seen: set[int] = set()
+    batches = dataset.to_batches(
+        columns=["version", "doc_hash", "split"], filter=f"version IN ({versions})", batch_size=SCAN_BATCH
+    )
+    _hits(batches, pa.array(wanted, pa.string()), found, seen)
+    return seen
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"  # doc hashes are hex; quoted for the SQL filter all the same
 
 
 def drop_orphans(db: Any, committed: set[int]) -> None:

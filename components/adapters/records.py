@@ -100,7 +100,7 @@ class DropRecord:
     duplicates: int = 0  # documents not stored: already in the memory, or earlier in the same drop
     rows_hash: str = ""  # the digest of the drop's rows (see the module docstring); "" before issue 11 item 3
     fragments: str = ""  # JSON [[fragment id, rows], ...] of the fragments its commit wrote (DropIndex)
-    arm_rows: str = ""  # JSON [train rows of cluster 0, 1, ...] in write order (DropIndex)
+    arm_rows: str = ""  # JSON [train rows of cluster 0, 1, ...] in write order (DropIndex; older: [train rows])
 
 
 def sequences_schema(meta: dict[str, Any]) -> pa.Schema:
@@ -165,11 +165,15 @@ class DropIndex:
     the drop's rows are `base` (the rows of the live drops committed before it) plus their write position, whatever
     fragments hold them, so they survive compaction. `fragments` (the fragments its commit wrote, with row counts)
     serve the lock proof of an uncompacted version (components.adapters.manifest).
+
+    A drop recorded before its train rows were grouped by cluster has `arm_rows` = [all its train rows] (one range,
+    in position order) although it has several clusters: `by_cluster` is False and its cluster arms need a scan.
     """
 
     fragments: tuple[tuple[int, int], ...]  # (fragment id, rows) in write order
-    arm_rows: tuple[int, ...]  # train rows per cluster
+    arm_rows: tuple[int, ...]  # train rows per cluster (or, when not `by_cluster`, all of them)
     base: int = 0  # the drop's first ordinal in the memory version
+    by_cluster: bool = True  # arm_rows counts each cluster's rows (False: one range, rows in position order)
 
     @classmethod
     def of(cls, rec: DropRecord, base: int = 0) -> DropIndex | None:
@@ -177,7 +181,10 @@ class DropIndex:
         if not rec.fragments or not rec.arm_rows:
             return None
         frags = tuple((int(f), int(n)) for f, n in json.loads(rec.fragments))
-        return cls(frags, tuple(int(n) for n in json.loads(rec.arm_rows)), base)
+        arm_rows = tuple(int(n) for n in json.loads(rec.arm_rows))
+        # Ingest labels train rows 0..clusters-1, each cluster with >= 1 of them (components.ingest.clustering):
+        # one count per cluster, or a single cluster whose one range is the same thing.
+        return cls(frags, arm_rows, base, len(arm_rows) == max(rec.clusters, 1))
 
     def train_range(self) -> tuple[int, int]:
         """[start, stop) of the row ids of the drop's train rows."""
@@ -189,6 +196,8 @@ class DropIndex:
 
     def arm_ranges(self) -> list[tuple[int, tuple[int, int]]]:
         """(cluster, [start, stop) of its row ids) of every cluster that has train rows, clusters ascending."""
+        if not self.by_cluster:
+            raise ValueError("this drop's train rows are not grouped by cluster (ingested before): scan for its arms")
         edges = (self.base + np.r_[0, np.cumsum(self.arm_rows)]).tolist()
         return [(c, (edges[c], edges[c + 1])) for c in range(len(self.arm_rows)) if self.arm_rows[c]]
 

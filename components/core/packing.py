@@ -162,6 +162,16 @@ class Layout:
         # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
         positions = np.arange(n_rows, dtype=np.int64) * context_length
         self.first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
+        self._last: tuple[int, np.ndarray | None] = (-1, None)  # the last document fetched (see `_doc`)
+
+    def _doc(self, d: int) -> np.ndarray:
+        """Document d's tokens; the last one is kept, so a long document read by several runs of rows in a row (the
+        rows of one cluster, components.ingest.rows) is fetched once."""
+        last, tokens = self._last
+        if last != d or tokens is None:
+            tokens = np.asarray(self.fetch(int(self.docs[d])))
+            self._last = (d, tokens)
+        return tokens
 
     def rows(self, a: int, b: int) -> np.ndarray:
         """Rows [a, b) as an int32 array [b - a, L], padded with pad_id."""
@@ -172,7 +182,7 @@ class Layout:
         last = int(np.searchsorted(self.starts, hi - 1, side="right")) - 1
         for d in range(int(self.first[a]), last + 1):
             start = int(self.starts[d])
-            tokens = np.asarray(self.fetch(int(self.docs[d])))
+            tokens = self._doc(d)
             n = len(tokens)
             cut_lo, cut_hi = max(lo - start, 0), min(hi - start, n + 1)  # the part of [tokens, eos] inside the range
             if cut_lo < min(cut_hi, n):

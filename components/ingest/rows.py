@@ -27,9 +27,18 @@ BATCH_ROWS = 4096
 
 
 def train_order(train_clusters: np.ndarray) -> np.ndarray:
-    """Positions of the train rows in write order: by position, as before issue 11 item 3 (grouping them by cluster,
-    which makes every cluster arm one range, changed which rows seeded runs train on; not enabled yet)."""
-    return np.arange(len(train_clusters))
+    """Positions of the train rows in write order: grouped by cluster, clusters ascending, positions ascending inside
+    each (a stable sort), so every (drop, cluster) arm is one range of row ids (DropIndex)."""
+    return np.argsort(np.asarray(train_clusters), kind="stable")
+
+
+def _rows(tokens, idx: np.ndarray) -> np.ndarray:
+    """tokens[idx], read in position order: a LazyRows builds each run of consecutive rows with one call, and the
+    rows of one cluster are mostly short runs, so reading them sorted keeps a long document to one fetch per batch."""
+    sort = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx), tokens.shape[1]), np.int32)
+    out[sort] = tokens[idx[sort]]
+    return out
 
 
 def write_parts(packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> list[tuple]:
@@ -60,7 +69,7 @@ def record_batches(
         hashes = np.asarray(hashes, dtype=object)
         for first in range(lo, hi, BATCH_ROWS):
             idx = order[first : min(first + BATCH_ROWS, hi)]
-            flat = pa.array(part.tokens[idx].reshape(-1).astype(np.int32), pa.int32())
+            flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
             yield pa.RecordBatch.from_arrays(
                 [
                     pa.array([drop_id] * len(idx), pa.string()),
@@ -108,4 +117,4 @@ def bookkeeping(
     """Fill the record's row digest (`digest` when a Ray worker hashed the rows) and train rows per cluster (its
     fragments are added by the commit)."""
     rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters)
-    rec.arm_rows = json.dumps([len(clusters[0])])  # one range: all train rows (DropIndex; arms by drop only)
+    rec.arm_rows = json.dumps(np.bincount(clusters[0], minlength=rec.clusters).tolist())  # DropIndex

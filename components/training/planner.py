@@ -6,8 +6,9 @@ data exists, the rest new data. No strategy spends forward passes outside traini
 replayed rows' own loss from the training forward pass.
 
 The arms and the new drop's rows come from the drops' row-id indexes in their records (`planning_rows`;
-components.adapters.records.DropIndex), so planning costs O(number of arms) reads whatever the memory's size; a
-memory with a drop ingested before those indexes falls back to one scan of every row's (drop, split, cluster).
+components.adapters.records.DropIndex), so planning costs O(number of arms) reads whatever the memory's size, for
+`replay.arms` drop and cluster alike; a memory with a drop ingested before those indexes (or, for cluster arms,
+before its train rows were grouped by cluster) falls back to one scan of every row's (drop, split, cluster).
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ Rows = pa.Table | dict[str, DropIndex]  # a scanned index (`Memory.index`) or th
 def planning_rows(memory: Memory, version: int, line: Line, drop_id: str, arms: str = "drop") -> Rows:
     """What planning a refresh reads: the row-id index of the line's drops and the new one from their records
     (O(number of arms), no row read), or a scan of every stored row when one of them predates those indexes."""
-    wanted = arms == "drop" and version == memory.version  # cluster arms: rows are not grouped by cluster yet
-    indexes = memory.drop_indexes([*line.trained, drop_id]) if wanted else None
+    indexes = memory.drop_indexes([*line.trained, drop_id]) if version == memory.version else None
+    if indexes and arms == "cluster" and not all(indexes[d].by_cluster for d in line.trained if d in indexes):
+        indexes = None  # a drop written before its train rows were grouped by cluster: its arms need the scan
     return indexes if indexes else memory.index(version)
 
 

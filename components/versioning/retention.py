@@ -14,7 +14,8 @@ version references (a writer that died before its commit) once they are also old
 Cleanup does not compact the sequences table: `amr memory compact` does (components.adapters.compaction), and its
 result is tagged `compacted-<v>`, so cleanup keeps it like any tagged version. Drop commits stay too, so a compacted
 memory stores its rows twice (the price of rollbacks to any drop commit). The drops log is compacted here (each
-record is a tiny fragment of its own), and by the writer past 16 fragments.
+record is a tiny fragment of its own), and by the writer past 16 fragments. So is the document index
+(components.adapters.documents: only its latest version is ever read), its old versions pruned the same way.
 Cleanup refuses to start while a refresh runs, and holds the refresh and memory write locks until it is done.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from components.adapters import registry
+from components.adapters.documents import DOCUMENTS
 from components.adapters.locks import refresh_lock
 from components.adapters.memory import Memory
 from components.adapters.records import DROPS, INGESTED, SEQUENCES
@@ -116,4 +118,6 @@ def _remove(memory: Memory, keep: dict[int, list[str]], old: list[int], age: tim
     before = len(log.to_lance().get_fragments())
     log.optimize(cleanup_older_than=age)
     after = len(memory.db.open_table(DROPS).to_lance().get_fragments())
+    if DOCUMENTS in memory.db.list_tables().tables:  # compacts, merges its index segments, prunes old versions
+        memory.db.open_table(DOCUMENTS).optimize(cleanup_older_than=age)
     return CleanupReport(keep, [v for v in old if v not in left], freed, (before, after))
