@@ -44,7 +44,13 @@ def data_file(home: Path, drop_id: str) -> Path:
 
 def verify_cli() -> tuple[int, str]:
     res = CliRunner().invoke(app, ["memory", "--verify"])
-    return res.exit_code, "".join(res.output.splitlines())  # rich wraps at the runner's 80 columns
+    # rich wraps at the runner's 80 columns, folding a long path mid-name or breaking a line at a space (which it
+    # drops), wherever the tmp path's length puts the edge: compare without whitespace (see `has`)
+    return res.exit_code, "".join(res.output.split())
+
+
+def has(output: str, text: str) -> bool:
+    return "".join(text.split()) in output
 
 
 def test_healthy_memory_verifies_with_a_summary(memory_home):
@@ -52,11 +58,11 @@ def test_healthy_memory_verifies_with_a_summary(memory_home):
     assert report.version > 0 and sorted(report.files) == ["d1-code", "d2-licenses", "d3-docs"]
     code, output = verify_cli()
     assert code == 0, output
-    assert f"memory version {report.version} healthy, 3 drops" in output and f"{report.rows} rows" in output
+    assert has(output, f"memory version {report.version} healthy, 3 drops") and has(output, f"{report.rows} rows")
     # with a lock file of the same version, the rows are also compared with its hashes
     assert CliRunner().invoke(app, ["memory", "lock"]).exit_code == 0
     code, output = verify_cli()
-    assert code == 0 and "rows match memory.lock.json" in output
+    assert code == 0 and has(output, "rows match memory.lock.json")
 
 
 @pytest.mark.parametrize("offset", [0, 2000], ids=["header", "mid-page"])
@@ -69,15 +75,15 @@ def test_garbage_in_a_data_file_is_named(memory_home, offset):
         Memory.open(settings_for(memory_home)).verify()
     code, output = verify_cli()
     assert code == 1
-    assert target.name in output and "Fix: restore the memory from a backup" in output
-    assert output.startswith("error: ") and "Traceback" not in output
+    assert target.name in output and has(output, "Fix: restore the memory from a backup")
+    assert output.startswith("error:") and "Traceback" not in output
 
 
 def test_deleted_data_file_is_named(memory_home):
     target = data_file(memory_home, "d1-code")
     target.unlink()
     code, output = verify_cli()
-    assert code == 1 and target.name in output and "cannot be read" in output and "Traceback" not in output
+    assert code == 1 and target.name in output and has(output, "cannot be read") and "Traceback" not in output
 
 
 def test_verify_compares_rows_with_the_lock_file(memory_home):
@@ -95,7 +101,7 @@ def test_verify_compares_rows_with_the_lock_file(memory_home):
     swapped = bytes(torch.tensor(tokens[1::-1] + tokens[2:4], dtype=torch.int32).numpy().tobytes())
     target.write_bytes(raw.replace(needle, swapped, 1))
     code, output = verify_cli()
-    assert code == 1 and target.name in output and "differ from memory.lock.json" in output
+    assert code == 1 and target.name in output and has(output, "differ from memory.lock.json")
 
 
 @pytest.mark.parametrize("keep", [100, 0.5], ids=["header", "half"])
