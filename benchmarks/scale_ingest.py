@@ -1,6 +1,7 @@
 """Ingest at scale (not in CI): peak RSS, MB/s and CPU seconds against drop size, and against the tokenizer alone.
 
-    python benchmarks/scale_ingest.py [--sizes 50,200,500] [--bpe DIR --bpe-max-mb 50] [--work DIR]
+    python benchmarks/scale_ingest.py [--sizes 50,200,500] [--workers 1,2] [--bpe DIR --bpe-max-mb 50] [--work DIR]
+                                      [--max-memory-mb 2048] [--out DIR] [--name scale_ingest]
 
 Drops of real text from this machine (stdlib sources, C headers, man pages, licences) re-cut into distinct
 2-16 kB documents (each starts with its own number, so none is a duplicate), written as JSON lines in files of a
@@ -8,7 +9,10 @@ third of the drop each: one plain, one gzip, one zstd. So every drop holds singl
 ingest works in: the streaming read is what keeps memory flat.
 
 Per size and tokenizer, each in a fresh process (its own peak RSS, its own CPU seconds):
-  ingest     `ingest_source` into a fresh memory (hash, scan, tokenize into the spill, plan, cluster, commit);
+  ingest     `ingest_source` into a fresh memory (hash, scan, tokenize into the spill, plan, cluster, commit), once
+             per --workers value (ingest.workers); peak RSS and CPU seconds are those of the whole process tree
+             (the ingest, the forkserver and its scan workers), sampled with psutil every 0.2 s (`tree_*` in the
+             JSON; a worker's last 0.2 s of CPU can be missed), beside the ingest process's own high-water mark;
   tokenizer  `encode_batch` alone over the same documents, read back from the drop's files as a stream;
   floor      what ingest must do besides tokenizing: hash the files, parse every document, sha256 it and write
              4 bytes per token (`scan_drop` with the byte tokenizer, no commit).
@@ -21,15 +25,19 @@ import argparse
 import gzip
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import psutil
 import zstandard
-from common import TEXT_SOURCES, machine_info, markdown_table, run_isolated, write_results
+from common import TEXT_SOURCES, _measured, machine_info, markdown_table, run_isolated, write_results
 
 from components.core.config import load_settings
 from components.core.text import load_tokenizer
@@ -92,10 +100,33 @@ def write_drop(root: Path, mb: int) -> Path:
     return drop
 
 
-def settings(home: str, tokenizer: str):
+def settings(home: str, tokenizer: str, workers: int = 1, max_memory_mb: int = 2048):
     s = load_settings(None, **{"ingest.tokenizer": tokenizer, "ingest.context_length": 512})
+    s.ingest.workers, s.ingest.max_memory_mb = workers, max_memory_mb
     s.home = Path(home)
     return s
+
+
+class TreeSampler(threading.Thread):
+    """Peak RSS summed over this process and its descendants, and each descendant's last CPU seconds."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.every, self.peak_mb, self.cpu, self.stop = every, 0.0, {}, threading.Event()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self.stop.wait(self.every):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                    if proc.pid != me.pid:
+                        t = proc.cpu_times()
+                        self.cpu[proc.pid] = t.user + t.system
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
 
 
 def _cpu() -> float:
@@ -103,11 +134,24 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-def phase_ingest(root: str, home: str, tokenizer: str) -> dict:
+def phase_ingest(root: str, home: str, tokenizer: str, workers: int, max_memory_mb: int) -> dict:
+    sampler = TreeSampler()
+    sampler.start()
     cpu, t0 = _cpu(), time.perf_counter()
-    [result] = ingest_source(settings(home, tokenizer), root, show_progress=False)
+    [result] = ingest_source(settings(home, tokenizer, workers, max_memory_mb), root, show_progress=False)
+    wall, cpu = time.perf_counter() - t0, _cpu() - cpu
+    sampler.stop.set()
+    sampler.join()
     assert result.status == "ingested", result.message
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - cpu, "sequences": result.record.sequences}
+    rec = result.record
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "tree_cpu_s": round(cpu + sum(sampler.cpu.values()), 2),
+        "tree_peak_rss_mb": round(sampler.peak_mb, 1),
+        "sequences": rec.sequences,
+        "rows_hash": rec.rows_hash,
+    }
 
 
 def phase_tokenizer(root: str, tokenizer: str) -> dict:
@@ -136,7 +180,15 @@ def phase_floor(root: str, home: str) -> dict:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - cpu}
 
 
-def run_size(work: Path, mb: int, bpe: str | None, bpe_max_mb: int) -> list[dict]:
+def run_isolated_tree(fn, *args) -> dict:
+    """`run_isolated` in a process that may start processes of its own (a Pool's workers are daemons, which may
+    not): the ingest's scan workers."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
+        return pool.submit(_measured, fn, args).result()
+
+
+def run_size(work: Path, mb: int, bpe: str | None, bpe_max_mb: int, workers: list[int], max_memory_mb: int) -> list:
     root = work / f"drops-{mb}"
     shutil.rmtree(root, ignore_errors=True)
     drop = write_drop(root, mb)
@@ -146,29 +198,36 @@ def run_size(work: Path, mb: int, bpe: str | None, bpe_max_mb: int) -> list[dict
     tokenizers = ["byte"] + ([bpe] if bpe and mb <= bpe_max_mb else [])
     for tokenizer in tokenizers:
         home = work / f"home-{mb}"
-        shutil.rmtree(home, ignore_errors=True)
-        load = os.getloadavg()
-        ingest = run_isolated(phase_ingest, str(root), str(home), tokenizer)
         alone = run_isolated(phase_tokenizer, str(root), tokenizer)
-        row = {
-            "text_mb": text_mb,
-            "files_mb": round(size_mb, 1),
-            "tokenizer": "byte" if tokenizer == "byte" else "SmolLM2 BPE",
-            "load_avg_1m": round(load[0], 2),
-            "ingest": ingest,
-            "tokenizer_alone": alone,
-            "ingest_mb_s": round(text_mb / ingest["wall_s"], 2),
-            "tokenizer_mb_s": round(text_mb / alone["wall_s"], 2),
-            "ratio_wall": round(alone["wall_s"] / ingest["wall_s"], 3),
-            "ratio_cpu": round(alone["cpu_s"] / ingest["cpu_s"], 3),
-        }
+        floor = None
         if tokenizer == "byte":
             shutil.rmtree(home, ignore_errors=True)
-            row["floor"] = run_isolated(phase_floor, str(root), str(home))
-            row["floor_mb_s"] = round(text_mb / row["floor"]["wall_s"], 2)
-        shutil.rmtree(home, ignore_errors=True)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            floor = run_isolated(phase_floor, str(root), str(home))
+        for w in workers:
+            shutil.rmtree(home, ignore_errors=True)
+            load = os.getloadavg()
+            ingest = run_isolated_tree(phase_ingest, str(root), str(home), tokenizer, w, max_memory_mb)
+            row = {
+                "text_mb": text_mb,
+                "files_mb": round(size_mb, 1),
+                "tokenizer": "byte" if tokenizer == "byte" else "SmolLM2 BPE",
+                "workers": w,
+                "max_memory_mb": max_memory_mb,
+                "load_avg_1m": round(load[0], 2),
+                "load_avg_1m_after": round(os.getloadavg()[0], 2),
+                "ingest": ingest,
+                "tokenizer_alone": alone,
+                "ingest_mb_s": round(text_mb / ingest["wall_s"], 2),
+                "tokenizer_mb_s": round(text_mb / alone["wall_s"], 2),
+                "ratio_wall": round(alone["wall_s"] / ingest["wall_s"], 3),
+                "ratio_cpu": round(alone["cpu_s"] / ingest["tree_cpu_s"], 3),
+            }
+            if floor is not None:
+                row["floor"] = floor
+                row["floor_mb_s"] = round(text_mb / floor["wall_s"], 2)
+            shutil.rmtree(home, ignore_errors=True)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     shutil.rmtree(root, ignore_errors=True)
     return rows
 
@@ -178,9 +237,10 @@ def markdown(rows: list[dict], info: dict) -> str:
         [
             r["text_mb"],
             r["tokenizer"],
-            r["ingest"]["peak_rss_mb"],
+            r.get("workers", 1),
+            f"{r['ingest']['peak_rss_mb']} / {r['ingest'].get('tree_peak_rss_mb', '-')}",
             r["ingest_mb_s"],
-            f"{r['ingest']['wall_s']:.1f} / {r['ingest']['cpu_s']:.1f}",
+            f"{r['ingest']['wall_s']:.1f} / {r['ingest'].get('tree_cpu_s', r['ingest']['cpu_s']):.1f}",
             r["tokenizer_mb_s"],
             f"{r['ratio_wall']} / {r['ratio_cpu']}",
             r.get("floor_mb_s", "-"),
@@ -188,7 +248,8 @@ def markdown(rows: list[dict], info: dict) -> str:
         ]
         for r in rows
     ]
-    headers = ["MB", "tokenizer", "peak RSS MB", "ingest MB/s", "wall / CPU s", "tok. alone MB/s", "ratio wall / CPU"]
+    headers = ["MB", "tokenizer", "workers", "peak RSS MB (ingest / tree)", "ingest MB/s", "wall / CPU s"]
+    headers += ["tok. alone MB/s", "ratio wall / CPU"]
     headers += ["floor MB/s", "load 1m"]
     return (
         "# Ingest at scale\n\n`python benchmarks/scale_ingest.py` (see its docstring); ratio = tokenizer alone / "
@@ -205,16 +266,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="50,200,500")
     parser.add_argument("--bpe", default=None, help="a local Hugging Face tokenizer directory (SmolLM2)")
     parser.add_argument("--bpe-max-mb", type=int, default=50)
+    parser.add_argument("--workers", default="1", help="ingest.workers values, e.g. 1,2")
+    parser.add_argument("--max-memory-mb", type=int, default=2048)
+    parser.add_argument("--name", default="scale_ingest", help="results file name (without .json / .md)")
     parser.add_argument("--work", default="/tmp/amr-scale-ingest")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, workers = [], [int(w) for w in args.workers.split(",")]
     for mb in [int(x) for x in args.sizes.split(",")]:
-        rows += run_size(work, mb, args.bpe, args.bpe_max_mb)
+        rows += run_size(work, mb, args.bpe, args.bpe_max_mb, workers, args.max_memory_mb)
     info = machine_info(("tokenizers", "pylance", "pyarrow")) | {"git": _git()}
-    write_results(Path(args.out), "scale_ingest", {"machine": info, "rows": rows}, markdown(rows, info))
+    write_results(Path(args.out), args.name, {"machine": info, "rows": rows}, markdown(rows, info))
 
 
 def _git() -> str:

@@ -20,6 +20,7 @@ from components.core.packing import Packed
 FIT_SAMPLE = 20_000  # k-means is fit on at most this many train sequences, then every sequence is assigned
 CHUNK = 8_192  # sequences featurized at once when assigning, which bounds memory on large drops ...
 CHUNK_TOKENS = 1 << 20  # ... and at most this many tokens (~40 bytes of temporaries each): 2,048 rows of 512
+N_FEATURES = 2**14  # hashed n-gram buckets
 N_INIT = 1  # 3 cost 3x the fit (the largest part of an ingest's time) for no arm quality the tests could see
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -37,7 +38,7 @@ def _mix(keys: np.ndarray) -> np.ndarray:
     return x
 
 
-def sequence_features(tokens: np.ndarray, lengths: np.ndarray, n_features: int = 2**14) -> sp.csr_matrix:
+def sequence_features(tokens: np.ndarray, lengths: np.ndarray, n_features: int = N_FEATURES) -> sp.csr_matrix:
     """Hashed unigram + bigram counts of each row's real tokens, sublinear tf (1 + log), L2-normalized.
 
     Returns a float32 CSR matrix [N, n_features] with sorted indices. Padding (positions >= length) never
@@ -80,11 +81,11 @@ def sequence_features(tokens: np.ndarray, lengths: np.ndarray, n_features: int =
     return normalize(x, norm="l2", copy=False)
 
 
-def _features_in_chunks(packed: Packed, rows: np.ndarray | None = None) -> Iterator[sp.csr_matrix]:
+def _features_in_chunks(packed: Packed, rows: np.ndarray | None = None, chunk_tokens: int = CHUNK_TOKENS):
     """Features of CHUNK rows at a time, built as consumed: a drop's rows (and their tokens, which may be built
     from the ingest's token spill) are never all in memory at once."""
     idx = np.arange(len(packed)) if rows is None else rows
-    step = max(1, min(CHUNK, CHUNK_TOKENS // max(1, packed.tokens.shape[1])))
+    step = max(1, min(CHUNK, chunk_tokens // max(1, packed.tokens.shape[1])))
     for i in range(0, idx.size, step):
         yield sequence_features(packed.tokens[idx[i : i + step]], packed.lengths[idx[i : i + step]])
 
@@ -94,7 +95,9 @@ def _argmin_chunks(chunks: Iterator[sp.csr_matrix], centers: np.ndarray) -> np.n
     return np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
 
 
-def assign_clusters(train: Packed, holdout: Packed, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def assign_clusters(
+    train: Packed, holdout: Packed, k: int, seed: int, chunk_tokens: int = CHUNK_TOKENS
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit k-means on (a seeded sample of) the train sequences; label train and holdout by nearest center.
 
     k_eff = min(k, distinct sequences in the fit sample). Cluster ids are int32 in 0..k_used-1, where
@@ -114,14 +117,14 @@ def assign_clusters(train: Packed, holdout: Packed, k: int, seed: int) -> tuple[
     if k_eff == 1:
         return np.zeros(n_train, np.int32), np.zeros(len(holdout), np.int32)
 
-    x_fit = sp.vstack(list(_features_in_chunks(train, sample)), format="csr")
+    x_fit = sp.vstack(list(_features_in_chunks(train, sample, chunk_tokens)), format="csr")
     kmeans = KMeans(n_clusters=k_eff, n_init=N_INIT, random_state=seed).fit(x_fit)
     centers = kmeans.cluster_centers_
-    train_labels = _argmin_chunks(_features_in_chunks(train), centers)
+    train_labels = _argmin_chunks(_features_in_chunks(train, None, chunk_tokens), centers)
     # Hash collisions or a sample unlike the rest can leave a center without train sequences: drop it.
     used = np.unique(train_labels)
     if used.size < k_eff:
         centers = centers[used]
         train_labels = np.searchsorted(used, train_labels)
-    holdout_labels = _argmin_chunks(_features_in_chunks(holdout), centers)
+    holdout_labels = _argmin_chunks(_features_in_chunks(holdout, None, chunk_tokens), centers)
     return train_labels.astype(np.int32), holdout_labels.astype(np.int32)

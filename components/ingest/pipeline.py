@@ -44,7 +44,8 @@ from components.core.config import Settings
 from components.core.ids import is_drop_id
 from components.core.text import Tokenizer, TokenizerMismatch, describe_identity, load_tokenizer, same_tokenizer
 from components.ingest.drops import DropRef, DropSource, hash_drop, invalid_id_issue, open_source
-from components.ingest.rows import bookkeeping, record_batches
+from components.ingest.limits import Limits, derive_limits
+from components.ingest.rows import BATCH_ROWS, bookkeeping, record_batches
 from components.ingest.scan import TOKENIZE_DOCS, Plan, Scanned, new_documents, plan_drop, scan_drop
 from components.ingest.spill import Spill
 
@@ -156,7 +157,13 @@ def _prior(memory: Memory, drop_id: str, content_hash: str) -> IngestResult | No
 
 
 def ingest_drop(
-    memory: Memory, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars: Bars
+    memory: Memory,
+    source: DropSource,
+    ref: DropRef,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    bars: Bars,
+    limits: Limits | None = None,
 ) -> IngestResult:
     """Hash the drop (one sequential read) and stop if its content was decided before; else scan it into a token
     spill (components.ingest.scan), plan, and commit. The spill is removed however this ends."""
@@ -169,14 +176,14 @@ def ingest_drop(
     with Spill(settings.home, ref.drop_id) as spill:
 
         def rescan() -> Scanned:
-            return _scan(source, ref, settings, tokenizer, bars, spill, content)
+            return _scan(source, ref, settings, tokenizer, bars, spill, content, limits)
 
-        scanned = _scan(source, ref, settings, tokenizer, bars, None if recheck else spill, content)
-        return _decide(memory, ref, scanned, settings, tokenizer, bars, spill, rescan)
+        scanned = _scan(source, ref, settings, tokenizer, bars, None if recheck else spill, content, limits)
+        return _decide(memory, ref, scanned, settings, tokenizer, bars, spill, rescan, limits)
 
 
-def _scan(source, ref, settings, tokenizer, bars, spill, content: str) -> Scanned:
-    scanned = scan_drop(source, ref, settings, tokenizer, bars, spill)
+def _scan(source, ref, settings, tokenizer, bars, spill, content: str, limits) -> Scanned:
+    scanned = scan_drop(source, ref, settings, tokenizer, bars, spill, limits)
     if scanned.contents.content_hash != content:
         raise RuntimeError(
             f"drop {ref.drop_id} changed while it was read (content {content[:12]}, then "
@@ -185,7 +192,7 @@ def _scan(source, ref, settings, tokenizer, bars, spill, content: str) -> Scanne
     return scanned
 
 
-def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer, bars, spill, rescan) -> IngestResult:
+def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer, bars, spill, rescan, limits):
     contents, hashes = scanned.contents, scanned.hashes
     rec = DropRecord(ref.drop_id, "", contents.content_hash, documents=scanned.n_documents, source=ref.location)
     rec.manifest = contents.manifest.model_dump_json() if contents.manifest else ""
@@ -193,7 +200,11 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         rec.error = contents.error_message()
         return _reject(memory, rec)
     try:  # planned before taking the write lock, so another ingest can commit while this one tokenizes and packs
-        plan = plan_drop(memory, scanned, settings, tokenizer, spill, rescan)
+        plan = plan_drop(memory, scanned, settings, tokenizer, spill, rescan, limits)
+    except ValueError as exc:  # the metadata bound (components.ingest.limits): no lock can change it
+        if "ingest.max_memory_mb" in str(exc):
+            raise
+        plan = None
     except Exception:  # e.g. read while another writer was creating the document index: planned again, locked,
         plan = None  # where a real error is raised again
     with memory.writer() as mem:
@@ -201,7 +212,7 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         if prior is not None:
             return prior
         if plan is None or (mem.version != plan.version and new_documents(mem, hashes) != plan.keep):
-            plan = plan_drop(mem, scanned, settings, tokenizer, spill, rescan)  # a drop committed meanwhile
+            plan = plan_drop(mem, scanned, settings, tokenizer, spill, rescan, limits)  # a drop committed meanwhile
         rec.duplicates = len(hashes) - len(plan.keep)
         if not plan.keep:
             return _all_duplicates(mem, rec)
@@ -211,20 +222,25 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
                 rec.error += f" ({rec.duplicates} of its {len(hashes)} documents are already in the memory, left out)"
             mem.reject_drop(rec)
             return IngestResult(rec.drop_id, "rejected", rec.error, rec)
-        return _commit(mem, rec, plan, settings, tokenizer, bars, [hashes[i] for i in plan.keep])
+        rows = limits.batch_rows if limits else BATCH_ROWS
+        return _commit(mem, rec, plan, settings, tokenizer, bars, [hashes[i] for i in plan.keep], rows)
 
 
-def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, bars, hashes) -> IngestResult:
+def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, bars, hashes, rows: int):
     packed, clusters = plan.packed, plan.clusters
     rec.sequences = len(packed.train.lengths)
     rec.holdout_sequences = len(packed.holdout.lengths)
     rec.tokens = int(packed.train.lengths.sum() + packed.holdout.lengths.sum())
     rec.clusters = int(clusters[0].max()) + 1
-    bookkeeping(rec, packed, clusters)  # the row digest and the row-id index, computed once (components.ingest.rows)
+    bookkeeping(
+        rec, packed, clusters, rows
+    )  # the row digest and the row-id index, computed once (components.ingest.rows)
     meta = memory_meta(settings, tokenizer, (mem.meta() or {}) | {"tokenizer_id": mem.tokenizer_identity()})
     schema = sequences_schema(meta)
     advance = bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)
-    reader = pa.RecordBatchReader.from_batches(schema, record_batches(rec.drop_id, packed, clusters, schema, advance))
+    reader = pa.RecordBatchReader.from_batches(
+        schema, record_batches(rec.drop_id, packed, clusters, schema, advance, rows)
+    )
     mem.commit_drop(reader, rec, meta, doc_index.rows(rec.drop_id, hashes, packed.doc_in_holdout))
     message = f"{rec.sequences} train + {rec.holdout_sequences} holdout"
     if rec.duplicates:
@@ -261,6 +277,8 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
     memory = Memory.open(settings)
     tokenizer = load_tokenizer(settings.ingest.tokenizer)
     check_tokenizer(memory, settings, tokenizer)
+    cfg = settings.ingest
+    limits = derive_limits(cfg.max_memory_mb, cfg.workers, cfg.context_length)  # refuses a bound too small
     results: list[IngestResult] = []
     with Bars(show_progress) as bars:
         for ref in source.list_drops():
@@ -271,7 +289,7 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
                 results.append(IngestResult(ref.drop_id, "rejected", str(invalid_id_issue(ref.drop_id))))
                 continue
             try:
-                results.append(ingest_drop(memory, source, ref, settings, tokenizer, bars))
+                results.append(ingest_drop(memory, source, ref, settings, tokenizer, bars, limits))
             except Exception as exc:  # one broken drop must not stop the others; the CLI exits 1
                 results.append(IngestResult(ref.drop_id, "failed", f"{type(exc).__name__}: {short_error(exc)}"))
     return results

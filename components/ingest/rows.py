@@ -33,7 +33,12 @@ def train_order(train_clusters: np.ndarray) -> np.ndarray:
 
 
 def record_batches(
-    drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], schema: pa.Schema, advance
+    drop_id: str,
+    packed: SplitPacked,
+    clusters: tuple[np.ndarray, np.ndarray],
+    schema: pa.Schema,
+    advance,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
     """The drop's rows as record batches in write order (see the module docstring), so the commit streams."""
     width = schema.field("tokens").type.list_size
@@ -42,8 +47,8 @@ def record_batches(
         ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, np.arange(len(packed.holdout.lengths))),
     ):
         hashes = np.asarray(hashes, dtype=object)
-        for start in range(0, len(part.lengths), BATCH_ROWS):
-            idx = order[start : start + BATCH_ROWS]
+        for start in range(0, len(part.lengths), batch_rows):
+            idx = order[start : start + batch_rows]
             flat = pa.array(part.tokens[idx].reshape(-1).astype(np.int32), pa.int32())
             yield pa.RecordBatch.from_arrays(
                 [
@@ -60,7 +65,9 @@ def record_batches(
             advance(len(idx))
 
 
-def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> str:
+def packed_digest(
+    drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], batch_rows: int = BATCH_ROWS
+) -> str:
     """The drop's row digest, equal to `rows_digest` of its stored rows sorted by (split, position)."""
     parts = sorted(  # (split, position) order: "holdout" sorts before "train"
         [
@@ -78,15 +85,17 @@ def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray,
         "cluster": [cluster for _, _, cluster, _ in parts],
         "doc_hash": [hashes for _, _, _, hashes in parts],
         "tokens": (  # built block by block (part.tokens may be a LazyRows over the token spill): one pass
-            part.tokens[start : start + BATCH_ROWS]
+            part.tokens[start : start + batch_rows]
             for _, part, _, _ in parts
-            for start in range(0, len(part.lengths), BATCH_ROWS)
+            for start in range(0, len(part.lengths), batch_rows)
         ),
     }
     return columns_digest(n, columns)
 
 
-def bookkeeping(rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> None:
+def bookkeeping(
+    rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], batch_rows: int = BATCH_ROWS
+) -> None:
     """Fill the record's row digest and train rows per cluster (its fragments are added by the commit)."""
-    rec.rows_hash = packed_digest(rec.drop_id, packed, clusters)
+    rec.rows_hash = packed_digest(rec.drop_id, packed, clusters, batch_rows)
     rec.arm_rows = json.dumps([len(clusters[0])])  # one range: all train rows (DropIndex; arms by drop only)

@@ -25,7 +25,9 @@ from components.core.config import Settings
 from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_layouts
 from components.core.text import Tokenizer
 from components.ingest.clustering import assign_clusters
-from components.ingest.drops import DropContents, DropRef, DropScan, DropSource
+from components.ingest.drops import DropContents, DropRef, DropScan, DropSource, LocalSource, content_hash
+from components.ingest.limits import Limits, check_metadata
+from components.ingest.parallel import ScanJob, scan_parallel
 from components.ingest.spill import Spill
 
 TOKENIZE_DOCS = 256
@@ -41,9 +43,28 @@ class Scanned:
 
 
 def scan_drop(
-    source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, spill: Spill | None
+    source: DropSource,
+    ref: DropRef,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    bars,
+    spill: Spill | None,
+    limits: Limits | None = None,
 ) -> Scanned:
-    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it."""
+    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it.
+
+    With `limits.workers` > 1 a local drop's files are scanned by worker processes (components.ingest.parallel,
+    the same result); otherwise, and for drops too small for a pool, in this process, tokenizing batches of at
+    most TOKENIZE_DOCS documents or `limits.tokenize_bytes` of text.
+    """
+    batch_bytes = TOKENIZE_BYTES if limits is None else limits.tokenize_bytes
+    if limits is not None and limits.workers > 1 and isinstance(source, LocalSource):
+        job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes)
+        scanned = Scanned(
+            DropContents(ref.drop_id, [], content_hash({}), 0, None), spilled=None if spill is None else {}
+        )
+        if scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned):
+            return scanned
     scan = DropScan(source, ref.drop_id, settings.ingest.max_document_bytes, bars.counter(f"read {ref.drop_id}", None))
     out = Scanned(scan.contents, spilled=None if spill is None else {})
     advance = bars.counter(f"tokenize {ref.drop_id}", None)
@@ -60,7 +81,7 @@ def scan_drop(
         out.spilled[h] = len(out.spilled)
         batch.append(doc.text)
         size += len(doc.text)
-        if len(batch) >= TOKENIZE_DOCS or size >= TOKENIZE_BYTES:
+        if len(batch) >= TOKENIZE_DOCS or size >= batch_bytes:
             spill.append(tokenizer.encode_batch(batch))
             advance(len(batch))
             batch, size = [], 0
@@ -93,11 +114,18 @@ def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
 
 
 def plan_drop(
-    memory: Memory, scanned: Scanned, settings: Settings, tokenizer: Tokenizer, spill: Spill, rescan: Callable
+    memory: Memory,
+    scanned: Scanned,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    spill: Spill,
+    rescan: Callable,
+    limits: Limits | None = None,
 ) -> Plan:
     """Deduplicate against the memory, then split, lay out and cluster only the new documents.
 
-    `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring).
+    `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring). With `limits`,
+    a drop whose metadata alone would pass ingest.max_memory_mb is refused here (ValueError), before the layout.
     """
     cfg = settings.ingest
     plan = Plan(memory.version, new_documents(memory, scanned.hashes))
@@ -108,6 +136,9 @@ def plan_drop(
     keep_hashes = [scanned.hashes[i] for i in plan.keep]
     at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
     lengths = spill.lengths()[at]
+    if limits is not None:
+        n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
+        check_metadata(limits, scanned.contents.drop_id, len(scanned.hashes), n_rows)
     try:
         plan.packed = split_layouts(
             lengths,
@@ -122,5 +153,6 @@ def plan_drop(
     except DropTooSmall as exc:
         plan.too_small = str(exc)
         return plan
-    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+    chunk = {} if limits is None else {"chunk_tokens": limits.chunk_tokens}
+    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed, **chunk)
     return plan

@@ -1,0 +1,109 @@
+"""`ingest.max_memory_mb`: the bound on an ingest's peak RSS, and the batch sizes and worker count derived from it.
+
+What an ingest holds (measured on the byte tokenizer, context_length 512; benchmarks/results/scale_ingest.md):
+  * the loaded libraries (LanceDB, pyarrow, scikit-learn, the tokenizer): ~285 MB, measured as the process's RSS
+    when the ingest starts (`base_mb`);
+  * the k-means fit: FIT_SAMPLE rows, their tokens and hashed features, whatever the drop size (`fit_mb`);
+  * one batch at a time of each stream: the texts being tokenized (TOKEN_COST bytes per byte of text), the rows
+    being featurized for the cluster assignment (FEATURE_COST bytes per token) and the rows of a record batch
+    being written (ROW_COST bytes per token);
+  * per-document and per-row metadata, which grows with the drop: a document's hash (a 64-character str, its
+    dict entry and list slot) and its spill offsets, ~DOC_COST bytes; a row's length, first document, cluster
+    and the reference to its document's hash (the str is shared, not copied), ~ROW_META_COST bytes. At the
+    default context_length 128 that is ~0.4 MB per MB of text in documents of ~8 kB: a 2,048 MB bound holds
+    the metadata of drops up to ~4 GB (~12 GB at context_length 512); `check_metadata` refuses a larger drop
+    before it is planned, with that fix;
+  * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
+    no scikit-learn, no transformers for the byte tokenizer) plus its tokenize batch.
+
+Each batch gets at most a quarter of what the bound leaves after the libraries and the fit (never more than the
+sizes measured as fast: 8 MB of text, 1 M tokens, 4,096 rows), the metadata the rest; workers are started only
+as far as the bound allows. Results never depend on these sizes: the same rows and digests for any bound.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psutil
+
+from components.ingest.clustering import CHUNK_TOKENS, FIT_SAMPLE, N_FEATURES
+
+MB = 1 << 20
+TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-8 copy, int32 ids, spill bytes
+FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
+ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
+DOC_COST = 250
+ROW_META_COST = 48
+WORKER_MB = 110  # a scan worker's RSS before its batch (imports of the readers and numpy; measured 97 MB)
+HEADROOM_MB = 64  # allocator slack and Lance's write buffers
+MAX_TOKENIZE_BYTES, MIN_TOKENIZE_BYTES = 8 * MB, 256 << 10
+MAX_BATCH_ROWS, MIN_BATCH_ROWS = 4096, 64
+MIN_CHUNK_TOKENS = 1 << 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_memory_mb: int
+    base_mb: float
+    fit_mb: float
+    workers: int
+    tokenize_bytes: int
+    chunk_tokens: int
+    batch_rows: int
+
+    @property
+    def metadata_mb(self) -> float:
+        """What is left for the per-document and per-row metadata."""
+        batches = self.tokenize_bytes * TOKEN_COST + self.chunk_tokens * FEATURE_COST
+        return self.max_memory_mb - self.base_mb - self.fit_mb - HEADROOM_MB - batches / MB
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / MB
+
+
+def fit_mb(context_length: int) -> float:
+    """The k-means fit's memory: the sample's rows (tokens, the padding-masked copy and np.unique's) and their
+    features (float32 values and int32 indices, twice while the chunks are stacked)."""
+    per_row = context_length * 4 * 3 + min(2 * context_length - 1, N_FEATURES) * 8 * 2
+    return FIT_SAMPLE * per_row / MB
+
+
+def derive_limits(max_memory_mb: int, workers: int, context_length: int, base_mb: float | None = None) -> Limits:
+    """The batch sizes and worker count that keep an ingest under `max_memory_mb` (module docstring); raises
+    ValueError, one line naming the key and the fix, for a bound too small for even the smallest batches."""
+    base = rss_mb() if base_mb is None else base_mb
+    fit = fit_mb(context_length)
+    smallest = (
+        MIN_TOKENIZE_BYTES * TOKEN_COST + MIN_CHUNK_TOKENS * FEATURE_COST + MIN_BATCH_ROWS * context_length * ROW_COST
+    )
+    need = base + fit + HEADROOM_MB + smallest / MB
+    if max_memory_mb < need:
+        raise ValueError(
+            f"ingest.max_memory_mb = {max_memory_mb} is below the {need:.0f} MB an ingest needs at the least "
+            f"({base:.0f} MB of loaded libraries, {fit:.0f} MB for the k-means fit sample at context_length "
+            f"{context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest batches). "
+            f"Fix: set ingest.max_memory_mb to {int(need) + 1} or more."
+        )
+    quarter = (max_memory_mb - base - fit - HEADROOM_MB) * MB / 4
+    tokenize = int(min(MAX_TOKENIZE_BYTES, max(MIN_TOKENIZE_BYTES, quarter / TOKEN_COST)))
+    chunk = int(min(CHUNK_TOKENS, max(MIN_CHUNK_TOKENS, quarter / FEATURE_COST)))
+    rows = int(min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, quarter / (context_length * ROW_COST))))
+    wanted = workers or os.cpu_count() or 1
+    per_worker = WORKER_MB + tokenize * TOKEN_COST / MB
+    fits = int((max_memory_mb - base - HEADROOM_MB) // per_worker)  # the scan: driver + workers, no fit yet
+    return Limits(max_memory_mb, base, fit, max(1, min(wanted, fits)), tokenize, chunk, rows)
+
+
+def check_metadata(limits: Limits, drop_id: str, n_documents: int, n_rows: int) -> None:
+    """Refuse, before it is planned, a drop whose metadata alone would pass the bound (module docstring)."""
+    need = (n_documents * DOC_COST + n_rows * ROW_META_COST) / MB
+    if need > limits.metadata_mb:
+        raise ValueError(
+            f"drop {drop_id}: its {n_documents:,} documents and {n_rows:,} rows need ~{need:.0f} MB of metadata, "
+            f"more than the {limits.metadata_mb:.0f} MB that ingest.max_memory_mb = {limits.max_memory_mb} leaves. "
+            f"Fix: raise ingest.max_memory_mb to {int(limits.max_memory_mb + need - limits.metadata_mb) + 1} or "
+            "more, or publish the data as several smaller drops."
+        )
