@@ -20,7 +20,7 @@ from components.adapters.memory import Memory
 from components.core.text import load_tokenizer
 from components.ingest import ingest_source, parallel
 from components.ingest.drops import LocalSource
-from components.ingest.limits import derive_limits
+from components.ingest.limits import HEADROOM_MB, derive_limits, fit_mb, rss_mb
 from components.ingest.pipeline import Bars
 from components.ingest.scan import scan_drop
 from components.ingest.spill import Spill
@@ -173,3 +173,21 @@ def test_a_drop_larger_than_the_room_under_the_bound_ingests_under_it(tmp_path):
     assert out["status"] == "ingested", out["message"]
     assert out["text_mb"] > ROOM  # more text than the room the bound leaves for data
     assert out["peak_mb"] < out["bound"], f"peak RSS {out['peak_mb']:.0f} MB over ingest.max_memory_mb"
+
+
+def test_the_bound_sets_batches_and_workers_but_never_the_result(tmp_path):
+    """A bound just over the minimum gives the smallest batches and one worker, a large one the full sizes and a
+    worker per requested process; the same drop ingested under either stores the same rows (same row digest)."""
+    base = rss_mb()
+    tight = derive_limits(int(base + fit_mb(64) + HEADROOM_MB) + 40, 4, 64)
+    roomy = derive_limits(16384, 4, 64)
+    assert tight.workers == 1 and roomy.workers == 4
+    assert tight.tokenize_bytes < roomy.tokenize_bytes and tight.chunk_tokens < roomy.chunk_tokens
+    make_drop(tmp_path / "drops", "d1", {"a.jsonl": jsonl(python_docs(30)), "b.txt": python_docs(31)[30]})
+    digests = set()
+    for bound in (tight.max_memory_mb, roomy.max_memory_mb):
+        cfg = settings_for(tmp_path / f"home{bound}", **{"ingest.max_memory_mb": bound})
+        [result] = ingest_source(cfg, str(tmp_path / "drops"), show_progress=False)
+        assert result.status == "ingested", result.message
+        digests.add(result.record.rows_hash)
+    assert len(digests) == 1

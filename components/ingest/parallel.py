@@ -5,7 +5,7 @@ first occurrence of each hash, issues with file and line, the content hash, and 
 same spill index). Each file is one task for a `ProcessPoolExecutor` on the forkserver context: workers fork from
 a server process that imported this module alone (~100 MB: no LanceDB, scikit-learn or torch), never from the
 driver (whose threads and LanceDB handles a fork would copy), and unlike spawn they do not re-import the driver's
-`__main__` (the CLI, which imports everything: 9 CPU s for two workers, measured). A worker loads the tokenizer
+`__main__` (the CLI, which imports everything; see `_bare_main`). A worker loads the tokenizer
 once, parses its file as a stream, hashes every document, tokenizes the first occurrence of each hash inside its
 file into a spill part file of its own (components.ingest.spill) and returns the file's metadata only. The driver
 merges the results in file order, keeping the first occurrence of each hash across files, so a document repeated
@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import types
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -169,11 +172,13 @@ def scan_parallel(
     digests: dict[str, str] = {}
     with ProcessPoolExecutor(job.workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
         futures = {}
-        for k in sorted(range(len(jobs)), key=lambda k: -jobs[k][2]):  # biggest first: the pool ends together
-            name, early, _ = jobs[k]
-            if early is None:
-                part = None if spill is None else str(spill.part_path(k))
-                futures[k] = pool.submit(scan_file, str(source.root), drop_id, name, job.limit, part, job.batch_bytes)
+        with _bare_main():  # the workers start on the first submits
+            for k in sorted(range(len(jobs)), key=lambda k: -jobs[k][2]):  # biggest first: the pool ends together
+                name, early, _ = jobs[k]
+                if early is None:
+                    part = None if spill is None else str(spill.part_path(k))
+                    args = (str(source.root), drop_id, name, job.limit, part, job.batch_bytes)
+                    futures[k] = pool.submit(scan_file, *args)
         for k, (name, early, size) in enumerate(jobs):  # merged in file order, as the one-process scan reads
             if early is not None:
                 contents.issues += early
@@ -192,6 +197,19 @@ def scan_parallel(
     contents.content_hash = content_hash(digests)
     contents.issues = [replace(issue, drop_id=drop_id) for issue in contents.issues]
     return True
+
+
+@contextmanager
+def _bare_main():
+    """Start processes as if `__main__` were empty: multiprocessing would have each worker import the driver's main
+    module (the `amr` CLI, a benchmark script: LanceDB, scikit-learn, ~3 CPU s and ~100 MB each, measured) only to
+    run one function of this module."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _merge(scanned, result: FileScan, spill: Spill | None, k: int, tokenized) -> None:

@@ -6,7 +6,9 @@ into a token spill on disk (components.ingest.scan, .spill) -> split by document
 (components.adapters.memory), with its row digest and row-id index (components.ingest.rows).
 
 * Bounded memory: no drop's texts or tokens are held whole; memory holds per-document and per-row metadata and a
-  batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests.
+  batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests. The batch
+  sizes and the scan's worker processes (ingest.workers, components.ingest.parallel) are derived from
+  ingest.max_memory_mb (components.ingest.limits), which bounds the peak RSS.
 
 * Idempotent: a drop already ingested with the same content hash is reported `present` and nothing is written.
   The same id with other content is `refused` (drops are immutable; publish a new drop id instead).
