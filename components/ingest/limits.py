@@ -9,12 +9,15 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     being written (ROW_COST bytes per token);
   * per-document and per-row metadata, which grows with the drop: a document's hash (a 64-character str, its
     dict entry and list slot) and its spill offsets, ~DOC_COST bytes; a row's length, first document, cluster
-    and the reference to its document's hash (the str is shared, not copied), ~ROW_META_COST bytes. At the
-    default context_length 128 that is ~0.4 MB per MB of text in documents of ~8 kB: a 2,048 MB bound holds
-    the metadata of drops up to ~4 GB (~12 GB at context_length 512); `check_metadata` refuses a larger drop
-    before it is planned, with that fix;
+    and the reference to its document's hash (the str is shared, not copied), and their copies while the row
+    digest and the commit run, ~ROW_META_COST bytes. At the default context_length 128 that is ~0.66 MB per MB
+    of text in documents of ~8 kB: a 2,048 MB bound holds the metadata of drops up to ~2 GB of text (~5 GB at
+    context_length 512, where a row holds 4x the text); `check_metadata` refuses a larger drop before it is
+    planned, with that fix. (Keeping it on disk too is the next step if drops grow past that: the per-row
+    doc-hash list holds references to the per-document strings, so the strings themselves are per document.)
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
-    no scikit-learn, no transformers for the byte tokenizer) plus its tokenize batch.
+    no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
+    tokenize batch.
 
 Each batch gets at most a quarter of what the bound leaves after the libraries and the fit (never more than the
 sizes measured as fast: 8 MB of text, 1 M tokens, 4,096 rows), the metadata the rest; workers are started only
@@ -35,9 +38,10 @@ TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-
 FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
 ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
 DOC_COST = 250
-ROW_META_COST = 48
-WORKER_MB = 110  # a scan worker's RSS before its batch (imports of the readers and numpy; measured 97 MB)
-HEADROOM_MB = 64  # allocator slack and Lance's write buffers
+ROW_META_COST = 80
+WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
+WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)
+HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches in flight (+110-145 MB measured)
 MAX_TOKENIZE_BYTES, MIN_TOKENIZE_BYTES = 8 * MB, 256 << 10
 MAX_BATCH_ROWS, MIN_BATCH_ROWS = 4096, 64
 MIN_CHUNK_TOKENS = 1 << 16
@@ -71,7 +75,9 @@ def fit_mb(context_length: int) -> float:
     return FIT_SAMPLE * per_row / MB
 
 
-def derive_limits(max_memory_mb: int, workers: int, context_length: int, base_mb: float | None = None) -> Limits:
+def derive_limits(
+    max_memory_mb: int, workers: int, context_length: int, base_mb: float | None = None, byte: bool = True
+) -> Limits:
     """The batch sizes and worker count that keep an ingest under `max_memory_mb` (module docstring); raises
     ValueError, one line naming the key and the fix, for a bound too small for even the smallest batches."""
     base = rss_mb() if base_mb is None else base_mb
@@ -84,7 +90,7 @@ def derive_limits(max_memory_mb: int, workers: int, context_length: int, base_mb
         raise ValueError(
             f"ingest.max_memory_mb = {max_memory_mb} is below the {need:.0f} MB an ingest needs at the least "
             f"({base:.0f} MB of loaded libraries, {fit:.0f} MB for the k-means fit sample at context_length "
-            f"{context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest batches). "
+            f"{context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest batches and the commit). "
             f"Fix: set ingest.max_memory_mb to {int(need) + 1} or more."
         )
     quarter = (max_memory_mb - base - fit - HEADROOM_MB) * MB / 4
@@ -92,7 +98,7 @@ def derive_limits(max_memory_mb: int, workers: int, context_length: int, base_mb
     chunk = int(min(CHUNK_TOKENS, max(MIN_CHUNK_TOKENS, quarter / FEATURE_COST)))
     rows = int(min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, quarter / (context_length * ROW_COST))))
     wanted = workers or os.cpu_count() or 1
-    per_worker = WORKER_MB + tokenize * TOKEN_COST / MB
+    per_worker = (WORKER_MB if byte else WORKER_MB_HF) + tokenize * TOKEN_COST / MB
     fits = int((max_memory_mb - base - HEADROOM_MB) // per_worker)  # the scan: driver + workers, no fit yet
     return Limits(max_memory_mb, base, fit, max(1, min(wanted, fits)), tokenize, chunk, rows)
 

@@ -280,7 +280,7 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
     tokenizer = load_tokenizer(settings.ingest.tokenizer)
     check_tokenizer(memory, settings, tokenizer)
     cfg = settings.ingest
-    limits = derive_limits(cfg.max_memory_mb, cfg.workers, cfg.context_length)  # refuses a bound too small
+    limits = derive_limits(cfg.max_memory_mb, cfg.workers, cfg.context_length, byte=cfg.tokenizer == "byte")
     results: list[IngestResult] = []
     with Bars(show_progress) as bars:
         for ref in source.list_drops():
