@@ -20,7 +20,7 @@ from components.adapters.memory import Memory
 from components.core.text import load_tokenizer
 from components.ingest import ingest_source, parallel
 from components.ingest.drops import LocalSource
-from components.ingest.limits import HEADROOM_MB, derive_limits, fit_mb, rss_mb
+from components.ingest.limits import HEADROOM_MB, check_metadata, derive_limits, fit_mb, rss_mb
 from components.ingest.pipeline import Bars
 from components.ingest.scan import scan_drop
 from components.ingest.spill import Spill
@@ -193,3 +193,17 @@ def test_the_bound_sets_batches_and_workers_but_never_the_result(tmp_path):
         assert result.status == "ingested", result.message
         digests.add(result.record.rows_hash)
     assert len(digests) == 1
+
+
+def test_a_drop_whose_metadata_alone_passes_the_bound_is_refused_before_planning():
+    """The per-document and per-row metadata grows with the drop: past what the bound leaves, one line with the
+    drop, the key and the value to set (or split the drop); under it, nothing is said."""
+    limits = derive_limits(2048, 1, 128, base_mb=300)
+    check_metadata(limits, "d1", 200_000, 2_000_000)  # ~2 GB of text at context_length 128: fits
+    with pytest.raises(ValueError) as exc:
+        check_metadata(limits, "d1", 2_000_000, 20_000_000)  # ~20 GB of text
+    message = str(exc.value)
+    assert message.startswith("drop d1: ") and "\n" not in message
+    need = int(message.split("raise ingest.max_memory_mb to ")[1].split()[0])
+    assert need > 2048
+    check_metadata(derive_limits(need, 1, 128, base_mb=300), "d1", 2_000_000, 20_000_000)  # the fix it names works
