@@ -3,7 +3,8 @@
 What an ingest holds (measured on the byte tokenizer, context_length 512; benchmarks/results/scale_ingest.md):
   * the loaded libraries (LanceDB, pyarrow, scikit-learn, the tokenizer): ~285 MB, measured as the process's RSS
     when the ingest starts (`base_mb`);
-  * the k-means fit: FIT_SAMPLE rows, their tokens and hashed features, whatever the drop size (`fit_mb`);
+  * the k-means fit: up to FIT_SAMPLE rows, their tokens and hashed features (`fit_mb`: 430 MB at context_length
+    512, 3.4 GB at 4096, for a drop of FIT_SAMPLE rows or more);
   * one batch at a time of each stream: the texts being tokenized (TOKEN_COST bytes per byte of text), the rows
     being featurized for the cluster assignment (FEATURE_COST bytes per token) and the rows of a record batch
     being written (ROW_COST bytes per token);
@@ -45,71 +46,76 @@ HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches 
 MAX_TOKENIZE_BYTES, MIN_TOKENIZE_BYTES = 8 * MB, 256 << 10
 MAX_BATCH_ROWS, MIN_BATCH_ROWS = 4096, 64
 MIN_CHUNK_TOKENS = 1 << 16
+MIN_FIT_ROWS = 2048  # the fit the smallest bound must allow; a drop's own fit is checked when it is planned
+MIN_META_MB = 16  # ... and the metadata of a small drop (~25 MB of text at context_length 128)
 
 
 @dataclass(frozen=True)
 class Limits:
     max_memory_mb: int
     base_mb: float
-    fit_mb: float
+    context_length: int
     workers: int
     tokenize_bytes: int
     chunk_tokens: int
     batch_rows: int
 
     @property
-    def metadata_mb(self) -> float:
-        """What is left for the per-document and per-row metadata."""
+    def room_mb(self) -> float:
+        """What is left for the drop's metadata and the k-means fit once the libraries and batches are counted."""
         batches = self.tokenize_bytes * TOKEN_COST + self.chunk_tokens * FEATURE_COST
-        return self.max_memory_mb - self.base_mb - self.fit_mb - HEADROOM_MB - batches / MB
+        return self.max_memory_mb - self.base_mb - HEADROOM_MB - batches / MB
 
 
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss / MB
 
 
-def fit_mb(context_length: int) -> float:
-    """The k-means fit's memory: the sample's rows (tokens, the padding-masked copy and np.unique's) and their
-    features (float32 values and int32 indices, twice while the chunks are stacked)."""
+def fit_mb(context_length: int, rows: int = FIT_SAMPLE) -> float:
+    """The k-means fit's memory for `rows` sampled rows (at most FIT_SAMPLE): their tokens, the padding-masked copy
+    and np.unique's, and their features (float32 values and int32 indices, twice while the chunks are stacked)."""
     per_row = context_length * 4 * 3 + min(2 * context_length - 1, N_FEATURES) * 8 * 2
-    return FIT_SAMPLE * per_row / MB
+    return min(rows, FIT_SAMPLE) * per_row / MB
 
 
 def derive_limits(
     max_memory_mb: int, workers: int, context_length: int, base_mb: float | None = None, byte: bool = True
 ) -> Limits:
     """The batch sizes and worker count that keep an ingest under `max_memory_mb` (module docstring); raises
-    ValueError, one line naming the key and the fix, for a bound too small for even the smallest batches."""
+    ValueError, one line naming the key and the fix, for a bound too small for even the smallest batches and a
+    small drop's fit (MIN_FIT_ROWS rows; a larger drop is checked against its own fit by `check_metadata`)."""
     base = rss_mb() if base_mb is None else base_mb
-    fit = fit_mb(context_length)
+    small_fit = fit_mb(context_length, MIN_FIT_ROWS)
     smallest = (
         MIN_TOKENIZE_BYTES * TOKEN_COST + MIN_CHUNK_TOKENS * FEATURE_COST + MIN_BATCH_ROWS * context_length * ROW_COST
     )
-    need = base + fit + HEADROOM_MB + smallest / MB
+    need = base + small_fit + MIN_META_MB + HEADROOM_MB + smallest / MB
     if max_memory_mb < need:
         raise ValueError(
             f"ingest.max_memory_mb = {max_memory_mb} is below the {need:.0f} MB an ingest needs at the least "
-            f"({base:.0f} MB of loaded libraries, {fit:.0f} MB for the k-means fit sample at context_length "
-            f"{context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest batches and the commit). "
+            f"({base:.0f} MB of loaded libraries, {small_fit + MIN_META_MB:.0f} MB for a small drop's metadata and "
+            f"k-means fit at context_length {context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest "
+            "batches and the commit). "
             f"Fix: set ingest.max_memory_mb to {int(need) + 1} or more."
         )
-    quarter = (max_memory_mb - base - fit - HEADROOM_MB) * MB / 4
+    quarter = (max_memory_mb - base - fit_mb(context_length) - HEADROOM_MB) * MB / 4  # room beside a full fit
     tokenize = int(min(MAX_TOKENIZE_BYTES, max(MIN_TOKENIZE_BYTES, quarter / TOKEN_COST)))
     chunk = int(min(CHUNK_TOKENS, max(MIN_CHUNK_TOKENS, quarter / FEATURE_COST)))
     rows = int(min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, quarter / (context_length * ROW_COST))))
     wanted = workers or os.cpu_count() or 1
     per_worker = (WORKER_MB if byte else WORKER_MB_HF) + tokenize * TOKEN_COST / MB
     fits = int((max_memory_mb - base - HEADROOM_MB) // per_worker)  # the scan: driver + workers, no fit yet
-    return Limits(max_memory_mb, base, fit, max(1, min(wanted, fits)), tokenize, chunk, rows)
+    return Limits(max_memory_mb, base, context_length, max(1, min(wanted, fits)), tokenize, chunk, rows)
 
 
 def check_metadata(limits: Limits, drop_id: str, n_documents: int, n_rows: int) -> None:
-    """Refuse, before it is planned, a drop whose metadata alone would pass the bound (module docstring)."""
-    need = (n_documents * DOC_COST + n_rows * ROW_META_COST) / MB
-    if need > limits.metadata_mb:
+    """Refuse, before it is planned, a drop whose metadata and k-means fit would pass the bound (module docstring)."""
+    meta = (n_documents * DOC_COST + n_rows * ROW_META_COST) / MB
+    need = meta + fit_mb(limits.context_length, n_rows)
+    if need > limits.room_mb:
         raise ValueError(
-            f"drop {drop_id}: its {n_documents:,} documents and {n_rows:,} rows need ~{need:.0f} MB of metadata, "
-            f"more than the {limits.metadata_mb:.0f} MB that ingest.max_memory_mb = {limits.max_memory_mb} leaves. "
-            f"Fix: raise ingest.max_memory_mb to {int(limits.max_memory_mb + need - limits.metadata_mb) + 1} or "
-            "more, or publish the data as several smaller drops."
+            f"drop {drop_id}: its {n_documents:,} documents and {n_rows:,} rows need ~{need:.0f} MB of metadata "
+            f"and k-means sample, more than the {limits.room_mb:.0f} MB that ingest.max_memory_mb = "
+            f"{limits.max_memory_mb} leaves. Fix: raise ingest.max_memory_mb to "
+            f"{int(limits.max_memory_mb + need - limits.room_mb) + 1} or more, or publish the data as smaller drops."
         )
