@@ -57,11 +57,12 @@ _TOKENIZER = None  # the worker's tokenizer, loaded once by _init_worker
 
 @dataclass(frozen=True)
 class ScanJob:
-    """How a drop is scanned: processes, max_document_bytes and the text per tokenize batch (.limits)."""
+    """How a drop is scanned: processes, max_document_bytes, and a tokenize batch's most text and documents."""
 
     workers: int
     limit: int
     batch_bytes: int
+    batch_docs: int
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _init_worker(spec: str, identity_sha: str, threads: int, byte_offset: int | 
         raise RuntimeError(f"tokenizer {spec!r} changed on disk while ingest ran: the worker loaded other ids")
 
 
-def scan_file(root: str, drop_id: str, name: str, limit: int, part: str | None, batch_bytes: int) -> FileScan:
+def scan_file(root: str, drop_id: str, name: str, part: str | None, job: ScanJob) -> FileScan:
     """Read, check and hash one file; with a `part` path, tokenize each document first seen here into it."""
     opener, size = LocalSource(root).opener(drop_id, name)
     out = FileScan(_sha256(opener))
@@ -112,7 +113,7 @@ def scan_file(root: str, drop_id: str, name: str, limit: int, part: str | None, 
     seen: set[str] = set()
     batch: list[str] = []
     pending, at = 0, 0
-    for doc in iter_document_file(name, opener, size, limit, issues):
+    for doc in iter_document_file(name, opener, size, job.limit, issues):
         out.n_documents += 1
         if not doc.text:
             continue
@@ -124,7 +125,7 @@ def scan_file(root: str, drop_id: str, name: str, limit: int, part: str | None, 
         out.first.append(len(out.hashes) - 1)
         batch.append(doc.text)
         pending += len(doc.text)
-        if pending >= batch_bytes:
+        if pending >= job.batch_bytes or len(batch) >= job.batch_docs:
             at = _flush(part, batch, out, at)
             batch, pending = [], 0
     if batch and not issues:
@@ -177,8 +178,7 @@ def scan_parallel(
                 name, early, _ = jobs[k]
                 if early is None:
                     part = None if spill is None else str(spill.part_path(k))
-                    args = (str(source.root), drop_id, name, job.limit, part, job.batch_bytes)
-                    futures[k] = pool.submit(scan_file, *args)
+                    futures[k] = pool.submit(scan_file, str(source.root), drop_id, name, part, job)
         for k, (name, early, size) in enumerate(jobs):  # merged in file order, as the one-process scan reads
             if early is not None:
                 contents.issues += early

@@ -61,7 +61,7 @@ def scan_drop(
     """
     batch_bytes = TOKENIZE_BYTES if limits is None else limits.tokenize_bytes
     if limits is not None and limits.workers > 1 and isinstance(source, LocalSource):
-        job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes)
+        job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes, TOKENIZE_DOCS)
         scanned = Scanned(
             DropContents(ref.drop_id, [], content_hash({}), 0, None), spilled=None if spill is None else {}
         )
