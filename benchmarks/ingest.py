@@ -45,7 +45,8 @@ from components.core.packing import doc_hash, split_and_pack
 from components.core.text import load_tokenizer
 from components.ingest.clustering import assign_clusters
 from components.ingest.drops import open_source, read_drop
-from components.ingest.pipeline import ingest_source, memory_meta, record_batches, tokenize
+from components.ingest.pipeline import ingest_source, memory_meta, tokenize
+from components.ingest.rows import record_batches
 
 DROP_ID = "bench-drop"
 TILE_ROWS = 100_000  # rows per tiled drop: a memory of 1e6 sequences is eleven drops, as it would be for real

@@ -65,3 +65,13 @@ def test_cli_overrides_are_validated():
     with pytest.raises(ConfigError, match="replay.strategy"):
         load_settings(None, **{"replay.strategy": "bogus"})
     assert load_settings(None, **{"replay.strategy": "none"}).replay.strategy == "none"
+
+
+def test_grad_accum_larger_than_the_per_process_batch_is_refused(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("train:\n  batch_size: 8\n  nproc: 2\n  grad_accum: 8\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(params)
+    msg = str(exc.value)
+    assert "grad_accum = 8" in msg and "4 sequences each" in msg and "at most 4" in msg
+    assert load_settings(None, **{"train.batch_size": 8, "train.nproc": 2, "train.grad_accum": 4}).train.grad_accum == 4

@@ -22,7 +22,7 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
-SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY")
+SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "RAY_AUTH_TOKEN")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_compose_references_resolve_and_secrets_stay_outside(compose):
     reason="docker compose is not installed (the engine is not needed, only the CLI plugin)",
 )
 def test_docker_compose_config_accepts_the_file():
-    env = dict(os.environ, POSTGRES_PASSWORD="x", S3_SECRET_KEY="y")
+    env = dict(os.environ, POSTGRES_PASSWORD="x", S3_SECRET_KEY="y", RAY_AUTH_TOKEN="z")
     cmd = ["docker", "compose", "-f", str(INFRA / "docker-compose.yml"), "config", "--quiet"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
@@ -125,6 +125,37 @@ def test_kubernetes_manifests_are_well_formed():
     assert "kubernetes" in worker["containers"][0]["command"] and worker["serviceAccountName"] == "prefect-worker"
     rules = by_kind[("Role", "prefect-worker")]["rules"]
     assert any("jobs" in r["resources"] and "create" in r["verbs"] for r in rules)
+
+
+def test_the_ray_cluster_runs_the_amr_image_with_credentials_from_secrets(compose):
+    """ingest.engine ray: a KubeRay RayCluster and the compose `ray` profile, head plus workers, one image."""
+    cluster = next(d for d in k8s_documents() if d["kind"] == "RayCluster")
+    assert (
+        cluster["apiVersion"] == "ray.io/v1" and cluster["spec"]["rayVersion"] in (ROOT / "constraints.txt").read_text()
+    )
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    groups = cluster["spec"]["workerGroupSpecs"]
+    assert len(groups) == 1 and groups[0]["replicas"] >= 1
+    for pod in (head, groups[0]["template"]["spec"]):
+        container = pod["containers"][0]
+        assert container["image"].startswith("amr-pipeline") and container["resources"]["requests"]["memory"]
+        assert {"amr-config", "amr-s3"} <= {next(iter(e.values()))["name"] for e in container["envFrom"]}
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        assert not any(re.search("SECRET|PASSWORD", name) for name in env)  # credentials only from Secrets
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/dev/shm"}
+    assert {p["containerPort"] for p in head["containers"][0]["ports"]} >= {6379, 10001}
+    services = compose["services"]
+    head_svc, worker = services["ray-head"], services["ray-worker"]
+    assert head_svc["profiles"] == worker["profiles"] == ["ray"]
+    assert "--head" in head_svc["command"] and "--address=ray-head:6379" in worker["command"]
+    assert worker["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${S3_SECRET_KEY:?")
+    assert (
+        worker["environment"]["AMR_INGEST__RAY_ADDRESS"]
+        == "ray-head:6379"
+        == services["trainer"]["environment"]["AMR_INGEST__RAY_ADDRESS"]
+    )
+    assert '".[ray]"' in (INFRA / "Dockerfile").read_text()
 
 
 def test_every_mlflow_server_runs_without_the_job_runner(compose, monkeypatch):

@@ -197,6 +197,37 @@ class Commits:
         table = self._ensure_sequences(meta)
         before = fragment_ids(table.to_lance())
         table.add(rows)
+        return self._record_commit(table, before, rec, documents)
+
+    def sequences_for_fragments(self, meta: dict[str, Any]) -> tuple[str, int, str]:
+        """(dataset uri, Lance version, data file version) that fragments written elsewhere (the Ray engine's
+        workers) must target; creates the table on a memory's first drop. Call inside writer()."""
+        dataset = self._ensure_sequences(meta).to_lance()
+        return dataset.uri, int(dataset.version), str(dataset.data_storage_version)
+
+    def commit_fragments(
+        self, fragments: list, read_version: int, rec: DropRecord, meta: dict[str, Any], documents: pa.Table | None
+    ) -> DropRecord:
+        """`commit_drop` for rows already written as Lance fragments (lance.FragmentMetadata, in write order):
+        one `Append` commit of them all on top of `read_version` (from `sequences_for_fragments`, under the same
+        writer()), then tag, document index and record exactly as `commit_drop`. Call inside writer().
+
+        Fragments whose commit never happens (the writer died first) are files no Lance version references:
+        readers never see them, and `amr memory cleanup` deletes them once they are older than the 7 days Lance leaves
+        to files of writes that may still be in flight."""
+        import lance  # pylance, which lancedb uses underneath
+
+        check_drop_id(rec.drop_id)
+        table = self._ensure_sequences(meta)
+        before = fragment_ids(table.to_lance())
+        lance.LanceDataset.commit(
+            table.to_lance().uri, lance.LanceOperation.Append(fragments), read_version, storage_options=self.options
+        )
+        table.checkout_latest()
+        return self._record_commit(table, before, rec, documents)
+
+    def _record_commit(self, table, before: set[int], rec: DropRecord, documents: pa.Table | None) -> DropRecord:
+        """The half of a drop commit after its rows are in a Lance version: fragments, documents, tag, record."""
         rec.version = int(table.version)
         if rec.arm_rows:  # the caller wrote the rows in DropIndex order: record where they landed
             rec.fragments = new_fragments(table.to_lance(), before, rec.sequences + rec.holdout_sequences)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -63,6 +63,17 @@ class IngestConfig(Section):
         ge=64,
         description="Bound on an ingest's peak RSS (workers included); batch sizes and workers are derived from it "
         "and a bound too small to ingest at all is refused (components.ingest.limits).",
+    )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="'local': this process reads, tokenizes and writes. 'ray': Ray Data workers read and tokenize "
+        "the files, build, cluster and write the rows as Lance fragments; this process plans and commits once "
+        "(README: Scaling ingest with Ray). Needs the [ray] extra.",
+    )
+    ray_address: str = Field(
+        "",
+        description="Ray cluster for engine 'ray': '' starts a local Ray on this machine's CPUs; else an address "
+        "such as 'ray://head:10001', 'head:6379' or 'auto' (the cluster this machine belongs to).",
     )
 
 
@@ -170,6 +181,17 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of model init, data order and dropout.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:N]'.")
     nproc: int = Field(1, ge=1, description="Processes for torchrun data parallelism.")
+
+    @model_validator(mode="after")
+    def _micro_batches_fit(self) -> TrainConfig:
+        per_process = self.batch_size // self.nproc
+        if per_process < 1 or self.grad_accum > per_process:
+            raise ValueError(
+                f"grad_accum = {self.grad_accum} micro-batches cannot split batch_size = {self.batch_size} over "
+                f"nproc = {self.nproc} processes ({per_process} sequences each): set grad_accum to at most "
+                f"{max(per_process, 1)}, or raise batch_size to at least {self.grad_accum * self.nproc}"
+            )
+        return self
 
     @property
     def pretrained(self) -> bool:

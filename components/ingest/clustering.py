@@ -130,36 +130,61 @@ def _argmin_chunks(chunks: Iterator[sp.csr_matrix], centers: np.ndarray) -> np.n
     return np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
 
 
+def fit_sample(n_train: int, seed: int) -> np.ndarray:
+    """The train rows (sorted positions) k-means is fit on: a seeded sample of at most FIT_SAMPLE."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_train, size=min(n_train, FIT_SAMPLE), replace=False))
+
+
+def fit_centers(sample: Packed, k: int, seed: int, chunk_tokens: int = CHUNK_TOKENS) -> np.ndarray | None:
+    """k-means centers fit on the sample rows (`fit_sample`, built into a Packed); None when k_eff == 1.
+
+    k_eff = min(k, distinct sequences in the sample). Both ingest engines fit here, once, on the driver.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    tokens = np.asarray(sample.tokens)
+    real = np.where(np.arange(tokens.shape[1]) < sample.lengths[:, None], tokens, -1)
+    n_distinct = np.unique(real, axis=0).shape[0]  # padding content must not make equal sequences distinct
+    k_eff = min(k, n_distinct)
+    if k_eff == 1:
+        return None
+    x_fit = sp.vstack(list(_features_in_chunks(sample, None, chunk_tokens)), format="csr")
+    return KMeans(n_clusters=k_eff, n_init=N_INIT, random_state=seed).fit(x_fit).cluster_centers_
+
+
+def label_rows(
+    part: Packed, centers: np.ndarray, rows: np.ndarray | None = None, chunk_tokens: int = CHUNK_TOKENS
+) -> np.ndarray:
+    """Nearest center of each of `rows` (default: all) of `part`, featurized CHUNK rows at a time."""
+    return _argmin_chunks(_features_in_chunks(part, rows, chunk_tokens), centers)
+
+
+def drop_unused(centers: np.ndarray, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hash collisions or a sample unlike the rest can leave a center without train sequences: drop it, so every
+    arm can be sampled from; the train labels are renumbered 0..k_used-1."""
+    used = np.unique(train_labels)
+    if used.size < len(centers):
+        return centers[used], np.searchsorted(used, train_labels)
+    return centers, train_labels
+
+
 def assign_clusters(
     train: Packed, holdout: Packed, k: int, seed: int, chunk_tokens: int = CHUNK_TOKENS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit k-means on (a seeded sample of) the train sequences; label train and holdout by nearest center.
 
-    k_eff = min(k, distinct sequences in the fit sample). Cluster ids are int32 in 0..k_used-1, where
-    k_used <= k_eff counts the clusters that own at least one train sequence: every arm can always be sampled
-    from. Deterministic for the same input and seed.
+    Cluster ids are int32 in 0..k_used-1, where k_used <= k_eff counts the clusters that own at least one train
+    sequence: every arm can always be sampled from. Deterministic for the same input and seed. The Ray engine runs
+    the same steps with the labelling on its workers (components.ingest.engine_ray).
     """
     n_train = len(train)
     if n_train == 0:
         raise ValueError("cannot cluster a drop with no train sequences")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n_train, size=min(n_train, FIT_SAMPLE), replace=False))
-    real = np.where(np.arange(train.tokens.shape[1]) < train.lengths[sample, None], train.tokens[sample], -1)
-    n_distinct = np.unique(real, axis=0).shape[0]  # padding content must not make equal sequences distinct
-    k_eff = min(k, n_distinct)
-    if k_eff == 1:
+    sample = fit_sample(n_train, seed)
+    centers = fit_centers(Packed(train.tokens[sample], train.lengths[sample], sample), k, seed, chunk_tokens)
+    if centers is None:
         return np.zeros(n_train, np.int32), np.zeros(len(holdout), np.int32)
-
-    x_fit = sp.vstack(list(_features_in_chunks(train, sample, chunk_tokens)), format="csr")
-    kmeans = KMeans(n_clusters=k_eff, n_init=N_INIT, random_state=seed).fit(x_fit)
-    centers = kmeans.cluster_centers_
-    train_labels = _argmin_chunks(_features_in_chunks(train, None, chunk_tokens), centers)
-    # Hash collisions or a sample unlike the rest can leave a center without train sequences: drop it.
-    used = np.unique(train_labels)
-    if used.size < k_eff:
-        centers = centers[used]
-        train_labels = np.searchsorted(used, train_labels)
-    holdout_labels = _argmin_chunks(_features_in_chunks(holdout, None, chunk_tokens), centers)
+    centers, train_labels = drop_unused(centers, label_rows(train, centers, None, chunk_tokens))
+    holdout_labels = label_rows(holdout, centers, None, chunk_tokens)
     return train_labels.astype(np.int32), holdout_labels.astype(np.int32)

@@ -5,6 +5,10 @@ into a token spill on disk (components.ingest.scan, .spill) -> split by document
 (components.core.packing) -> k-means arms (components.ingest.clustering) -> one LanceDB commit
 (components.adapters.memory), with its row digest and row-id index (components.ingest.rows).
 
+* Engines (components.ingest.engine_local): `ingest.engine` local runs the heavy work in this process; ray runs the
+  read, tokenize, labelling and writes on Ray Data workers and commits their fragments once
+  (components.ingest.engine_ray). What happens to a drop (below) is decided here, the same way for both.
+
 * Bounded memory: no drop's texts or tokens are held whole; memory holds per-document and per-row metadata and a
   batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests. The batch
   sizes and the scan's worker processes (ingest.workers, components.ingest.parallel) are derived from
@@ -34,22 +38,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from components.adapters import documents as doc_index
 from components.adapters.integrity import short_error
 from components.adapters.memory import Memory
-from components.adapters.records import DUPLICATE, DropRecord, sequences_schema
+from components.adapters.records import DUPLICATE, DropRecord
 from components.core.config import Settings
 from components.core.ids import is_drop_id
 from components.core.text import Tokenizer, TokenizerMismatch, describe_identity, load_tokenizer, same_tokenizer
-from components.ingest.drops import DropRef, DropSource, hash_drop, invalid_id_issue, open_source
+from components.ingest.drops import DropRef, DropSource, invalid_id_issue, open_source
+from components.ingest.engine_local import open_engine
 from components.ingest.limits import Limits, derive_limits
-from components.ingest.rows import BATCH_ROWS, bookkeeping, record_batches
-from components.ingest.scan import TOKENIZE_DOCS, Plan, Scanned, new_documents, plan_drop, scan_drop
-from components.ingest.spill import Spill
+from components.ingest.scan import TOKENIZE_DOCS, Plan, Scanned, new_documents
 
 
 @dataclass
@@ -167,34 +169,21 @@ def ingest_drop(
     bars: Bars,
     limits: Limits | None = None,
 ) -> IngestResult:
-    """Hash the drop (one sequential read) and stop if its content was decided before; else scan it into a token
-    spill (components.ingest.scan), plan, and commit. The spill is removed however this ends."""
-    content = hash_drop(source, ref.drop_id)
-    prior = _prior(memory, ref.drop_id, content)
-    if prior is not None:
-        return prior
-    last = memory.record(ref.drop_id)
-    recheck = last is not None and (last.status, last.content_hash) == (DUPLICATE, content)  # no tokenizing
-    with Spill(settings.home, ref.drop_id) as spill:
-
-        def rescan() -> Scanned:
-            return _scan(source, ref, settings, tokenizer, bars, spill, content, limits)
-
-        scanned = _scan(source, ref, settings, tokenizer, bars, None if recheck else spill, content, limits)
-        return _decide(memory, ref, scanned, settings, tokenizer, bars, spill, rescan, limits)
+    """Hash the drop (one sequential read) and stop if its content was decided before; else scan it (tokens into a
+    local spill or, with engine ray, Ray's object store: components.ingest.engine_local), plan, and commit. What the
+    engine holds (the spill, the object refs) is released however this ends."""
+    with open_engine(source, ref, settings, tokenizer, bars, limits) as engine:
+        content = engine.content_hash()
+        prior = _prior(memory, ref.drop_id, content)
+        if prior is not None:
+            return prior
+        last = memory.record(ref.drop_id)
+        recheck = last is not None and (last.status, last.content_hash) == (DUPLICATE, content)  # no tokenizing
+        scanned = engine.scan(content, tokenize=not recheck)
+        return _decide(memory, ref, scanned, settings, tokenizer, engine, content)
 
 
-def _scan(source, ref, settings, tokenizer, bars, spill, content: str, limits) -> Scanned:
-    scanned = scan_drop(source, ref, settings, tokenizer, bars, spill, limits)
-    if scanned.contents.content_hash != content:
-        raise RuntimeError(
-            f"drop {ref.drop_id} changed while it was read (content {content[:12]}, then "
-            f"{scanned.contents.content_hash[:12]}): a producer must write _READY last and never change a drop after"
-        )
-    return scanned
-
-
-def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer, bars, spill, rescan, limits):
+def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer, engine, content) -> IngestResult:
     contents, hashes = scanned.contents, scanned.hashes
     rec = DropRecord(ref.drop_id, "", contents.content_hash, documents=scanned.n_documents, source=ref.location)
     rec.manifest = contents.manifest.model_dump_json() if contents.manifest else ""
@@ -202,8 +191,8 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         rec.error = contents.error_message()
         return _reject(memory, rec)
     try:  # planned before taking the write lock, so another ingest can commit while this one tokenizes and packs
-        plan = plan_drop(memory, scanned, settings, tokenizer, spill, rescan, limits)
-    except ValueError as exc:  # the metadata bound (components.ingest.limits): no lock can change it
+        plan = engine.plan(memory, scanned, content)
+    except ValueError as exc:  # the memory bound (components.ingest.limits): no lock can change it
         if "ingest.max_memory_mb" in str(exc):
             raise
         plan = None
@@ -214,7 +203,7 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         if prior is not None:
             return prior
         if plan is None or (mem.version != plan.version and new_documents(mem, hashes) != plan.keep):
-            plan = plan_drop(mem, scanned, settings, tokenizer, spill, rescan, limits)  # a drop committed meanwhile
+            plan = engine.plan(mem, scanned, content)  # a drop committed meanwhile
         rec.duplicates = len(hashes) - len(plan.keep)
         if not plan.keep:
             return _all_duplicates(mem, rec)
@@ -224,26 +213,17 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
                 rec.error += f" ({rec.duplicates} of its {len(hashes)} documents are already in the memory, left out)"
             mem.reject_drop(rec)
             return IngestResult(rec.drop_id, "rejected", rec.error, rec)
-        rows = limits.batch_rows if limits else BATCH_ROWS
-        return _commit(mem, rec, plan, settings, tokenizer, bars, [hashes[i] for i in plan.keep], rows)
+        return _commit(mem, rec, plan, settings, tokenizer, engine, [hashes[i] for i in plan.keep])
 
 
-def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, bars, hashes, rows: int):
+def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, engine, hashes) -> IngestResult:
     packed, clusters = plan.packed, plan.clusters
     rec.sequences = len(packed.train.lengths)
     rec.holdout_sequences = len(packed.holdout.lengths)
     rec.tokens = int(packed.train.lengths.sum() + packed.holdout.lengths.sum())
     rec.clusters = int(clusters[0].max()) + 1
-    bookkeeping(
-        rec, packed, clusters, rows
-    )  # the row digest and the row-id index, computed once (components.ingest.rows)
     meta = memory_meta(settings, tokenizer, (mem.meta() or {}) | {"tokenizer_id": mem.tokenizer_identity()})
-    schema = sequences_schema(meta)
-    advance = bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)
-    reader = pa.RecordBatchReader.from_batches(
-        schema, record_batches(rec.drop_id, packed, clusters, schema, advance, rows)
-    )
-    mem.commit_drop(reader, rec, meta, doc_index.rows(rec.drop_id, hashes, packed.doc_in_holdout))
+    engine.write(mem, rec, plan, meta, doc_index.rows(rec.drop_id, hashes, packed.doc_in_holdout))
     message = f"{rec.sequences} train + {rec.holdout_sequences} holdout"
     if rec.duplicates:
         message += f", {rec.duplicates} duplicate document{'' if rec.duplicates == 1 else 's'} left out"

@@ -32,23 +32,35 @@ def train_order(train_clusters: np.ndarray) -> np.ndarray:
     return np.arange(len(train_clusters))
 
 
+def write_parts(packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> list[tuple]:
+    """(split, part, cluster labels, doc hashes per row, positions in write order) of each split, in write order."""
+    return [
+        ("train", packed.train, clusters[0], packed.train_doc_hashes, train_order(clusters[0])),
+        ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, np.arange(len(packed.holdout.lengths))),
+    ]
+
+
 def record_batches(
     drop_id: str,
     packed: SplitPacked,
     clusters: tuple[np.ndarray, np.ndarray],
     schema: pa.Schema,
     advance,
+    start: int = 0,
+    stop: int | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
-    """The drop's rows as record batches in write order (see the module docstring), so the commit streams."""
+    """The drop's rows [start, stop) of the write order (see the module docstring) as record batches, so the commit
+    streams; the Ray engine writes each range as its own fragments (components.ingest.engine_ray)."""
     width = schema.field("tokens").type.list_size
-    for split, part, cluster, hashes, order in (
-        ("train", packed.train, clusters[0], packed.train_doc_hashes, train_order(clusters[0])),
-        ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, np.arange(len(packed.holdout.lengths))),
-    ):
+    offset = 0  # write-order index of the split's first row
+    for split, part, cluster, hashes, order in write_parts(packed, clusters):
+        n = len(part.lengths)
+        lo, hi = max(start - offset, 0), min(n if stop is None else stop - offset, n)
+        offset += n
         hashes = np.asarray(hashes, dtype=object)
-        for start in range(0, len(part.lengths), batch_rows):
-            idx = order[start : start + batch_rows]
+        for first in range(lo, hi, batch_rows):
+            idx = order[first : min(first + batch_rows, hi)]
             flat = pa.array(part.tokens[idx].reshape(-1).astype(np.int32), pa.int32())
             yield pa.RecordBatch.from_arrays(
                 [
@@ -94,8 +106,13 @@ def packed_digest(
 
 
 def bookkeeping(
-    rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], batch_rows: int = BATCH_ROWS
+    rec: DropRecord,
+    packed: SplitPacked,
+    clusters: tuple[np.ndarray, np.ndarray],
+    digest: str | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> None:
-    """Fill the record's row digest and train rows per cluster (its fragments are added by the commit)."""
-    rec.rows_hash = packed_digest(rec.drop_id, packed, clusters, batch_rows)
+    """Fill the record's row digest (`digest` when a Ray worker hashed the rows) and train rows per cluster (its
+    fragments are added by the commit)."""
+    rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters, batch_rows)
     rec.arm_rows = json.dumps([len(clusters[0])])  # one range: all train rows (DropIndex; arms by drop only)

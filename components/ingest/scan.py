@@ -102,6 +102,7 @@ class Plan:
     packed: SplitPacked | None = None
     clusters: tuple[np.ndarray, np.ndarray] | None = None
     too_small: str = ""
+    at: np.ndarray | None = None  # token-store index of each stored document (split_layouts input order)
 
 
 def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
@@ -115,6 +116,16 @@ def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
     return keep
 
 
+def unchanged(scanned: Scanned, content: str, drop_id: str) -> Scanned:
+    """The scan, unless the drop's content changed since it was hashed (then a producer broke the drop contract)."""
+    if scanned.contents.content_hash != content:
+        raise RuntimeError(
+            f"drop {drop_id} changed while it was read (content {content[:12]}, then "
+            f"{scanned.contents.content_hash[:12]}): a producer must write _READY last and never change a drop after"
+        )
+    return scanned
+
+
 def plan_drop(
     memory: Memory,
     scanned: Scanned,
@@ -122,9 +133,11 @@ def plan_drop(
     tokenizer: Tokenizer,
     spill: Spill,
     rescan: Callable,
+    cluster: bool = True,
     limits: Limits | None = None,
 ) -> Plan:
-    """Deduplicate against the memory, then split, lay out and cluster only the new documents.
+    """Deduplicate against the memory, then split, lay out and (unless `cluster` is False: the Ray engine clusters
+    on its workers) cluster only the new documents. `spill` is any token store with `lengths()` and `tokens(i)`.
 
     `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring). With `limits`,
     a drop whose metadata alone would pass ingest.max_memory_mb is refused here (ValueError), before the layout.
@@ -136,7 +149,7 @@ def plan_drop(
     if scanned.spilled is None:
         scanned.spilled = rescan().spilled
     keep_hashes = [scanned.hashes[i] for i in plan.keep]
-    at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
+    at = plan.at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
     lengths = spill.lengths()[at]
     if limits is not None:
         n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
@@ -155,6 +168,8 @@ def plan_drop(
     except DropTooSmall as exc:
         plan.too_small = str(exc)
         return plan
-    chunk = {} if limits is None else {"chunk_tokens": limits.chunk_tokens}
-    plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed, **chunk)
+    if cluster:
+        chunk = {} if limits is None else {"chunk_tokens": limits.chunk_tokens}
+        args = (plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+        plan.clusters = assign_clusters(*args, **chunk)
     return plan

@@ -8,7 +8,8 @@ Kept whatever their age, each with its reasons in the report:
   * the memory version readers see, the latest version (writers append to it) and version 1 (the empty table a
     memory with every drop rolled back reads).
 Everything else older than `--older-than` days is removed: the restores written by recoveries and rollbacks and the
-commits of writers that died before their record, with the data files only they referenced.
+commits of writers that died before their record, with the data files only they referenced, and data files no
+version references (a writer that died before its commit) once they are also older than Lance's 7-day guard.
 
 Cleanup does not compact the sequences table: `amr memory compact` does (components.adapters.compaction), and its
 result is tagged `compacted-<v>`, so cleanup keeps it like any tagged version. Drop commits stay too, so a compacted
@@ -98,12 +99,15 @@ def cleanup(settings: Settings, older_than_days: float = DEFAULT_DAYS, dry_run: 
 
 def _remove(memory: Memory, keep: dict[int, list[str]], old: list[int], age: timedelta) -> CleanupReport:
     """Delete exactly `old` (Lance still refuses tagged ones), then compact and prune the drops log."""
-    sequences, freed = memory.db.open_table(SEQUENCES), 0
-    if old:
-        stats = sequences.to_lance().cleanup_old_versions(
-            older_than=age, versions=old, error_if_tagged_old_versions=False
-        )
-        freed = int(stats.bytes_removed)
+    sequences = memory.db.open_table(SEQUENCES)
+    # With no old version, naming the latest (which Lance never removes) still sweeps the data files no version
+    # references: those of a writer that died before its commit (e.g. the Ray engine's uncommitted fragments,
+    # components.ingest.engine_ray), once older than `age` and Lance's 7 days for writes that may be in flight.
+    latest = max(int(v["version"]) for v in sequences.list_versions())
+    stats = sequences.to_lance().cleanup_old_versions(
+        older_than=age, versions=old or [latest], error_if_tagged_old_versions=False
+    )
+    freed = int(stats.bytes_removed)
     left = {int(v["version"]) for v in sequences.list_versions()}
     for v in old:
         if v in left:

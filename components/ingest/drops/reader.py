@@ -69,38 +69,48 @@ class DropScan:
         self.source, self.drop_id, self.limit, self.parse = source, drop_id, limit, parse
         self.progress = progress or (lambda n: None)
         self.contents = DropContents(drop_id, [], content_hash({}), 0, None, [])
+        self.digests: dict[str, str] = {}  # file name -> sha256 of its bytes
+        self.n_document_files = 0
 
     def documents(self) -> Iterator[Document]:
-        contents, drop_id = self.contents, self.drop_id
-        if not is_drop_id(drop_id):
-            contents.issues.append(invalid_id_issue(drop_id))
+        if not is_drop_id(self.drop_id):
+            self.contents.issues.append(invalid_id_issue(self.drop_id))
             return
-        digests: dict[str, str] = {}
-        n_document_files = 0
-        for name in self.source.list_files(drop_id):
-            kind = file_kind(name)
-            if kind in ("document", "unsafe"):  # an unsafe name was meant as data: the drop is not "empty"
-                n_document_files += 1
-            if kind in (READY, "ignored") or (opened := _open(self.source, drop_id, name, contents.issues)) is None:
-                continue
-            opener, size = opened
-            digests[name] = _sha256(opener)
-            self.progress(size)
-            contents.n_bytes += size
-            if not self.parse:
-                continue
-            if kind == MANIFEST:
-                with opener() as raw:
-                    contents.manifest, issues = parse_manifest(raw.read(), drop_id)
-            else:
-                issues = FileIssues(name)
-                yield from iter_document_file(name, opener, size, self.limit, issues)
-            contents.issues += issues
-        if n_document_files == 0:
+        for name in self.source.list_files(self.drop_id):
+            yield from self.file_documents(name)
+        self.finish()
+
+    def file_documents(self, name: str) -> Iterator[Document]:
+        """One file of the drop: hashed into `digests`, its issues (and the manifest) into `contents`. The Ray
+        engine (components.ingest.engine_ray) runs this per file on its workers and merges them with `finish`."""
+        contents = self.contents
+        kind = file_kind(name)
+        if kind in ("document", "unsafe"):  # an unsafe name was meant as data: the drop is not "empty"
+            self.n_document_files += 1
+        if kind in (READY, "ignored") or (opened := _open(self.source, self.drop_id, name, contents.issues)) is None:
+            return
+        opener, size = opened
+        self.digests[name] = _sha256(opener)
+        self.progress(size)
+        contents.n_bytes += size
+        if not self.parse:
+            return
+        if kind == MANIFEST:
+            with opener() as raw:
+                contents.manifest, issues = parse_manifest(raw.read(), self.drop_id)
+        else:
+            issues = FileIssues(name)
+            yield from iter_document_file(name, opener, size, self.limit, issues)
+        contents.issues += issues
+
+    def finish(self) -> None:
+        """After every file: the empty-drop check, the content hash, and the drop id in every issue."""
+        contents = self.contents
+        if self.n_document_files == 0:
             fix = "add .jsonl, .parquet or text files"
             contents.issues.append(DropIssue("", None, "empty drop: no document files", fix))
-        contents.content_hash = content_hash(digests)
-        contents.issues = [replace(issue, drop_id=drop_id) for issue in contents.issues]
+        contents.content_hash = content_hash(self.digests)
+        contents.issues = [replace(issue, drop_id=self.drop_id) for issue in contents.issues]
 
 
 def hash_drop(source: DropSource, drop_id: str) -> str:
