@@ -54,9 +54,9 @@ process plus the forkserver and its workers, sampled). Peak RSS: the ingest proc
 tree's (ingest, forkserver, workers; sampled every 0.2 s, so it can miss a short peak); ~260 MB of it are imports
 before any work (`rss_before_mb`). Every row ran under the default ingest.max_memory_mb = 2048 and stayed under it.
 The rows are the same for workers 1 and 2 (`rows_hash` in the JSON), and the same as before this change: main's
-code gave the same rows_hash on the 50 MB drop (65.0 s wall there, against 21.4 s).
+code gave the same rows_hash on the 50 MB drop (65.0 s wall there, against 15.4 s).
 
-Byte path, before -> after (the previous table, same drops): 50 MB 69.4 / 18.6 s -> 21.4 / 7.5 s; 500 MB 508 /
+Byte path, before -> after (the previous table, same drops): 50 MB 69.4 / 18.6 s -> 15.4 / 7.4 s; 500 MB 508 /
 153 s -> 98 / 40 s (5.2x wall, 3.8x CPU). A cProfile of a 20 MB drop put 16 of 19.5 s in clustering; changed:
 the hashed n-gram features are counted per row from sorted bucket ids (scipy's COO->CSR sum and index sort built
 the same matrix, bit for bit, at 3-4x the cost), buckets come from lookup tables when token ids are under 1,024
@@ -65,21 +65,22 @@ label different), and the row digest hashes string columns in blocks (it joined 
 one: 260 MB at 4 M rows).
 
 The 0.5x target with the byte tokenizer is not met and cannot be: the tokenizer alone is one numpy pass over the
-UTF-8 bytes (0.1 CPU s for 50 MB, 1.5 s for 500 MB), while the floor, what any ingest must do besides it (hash
+UTF-8 bytes (0.13 CPU s for 50 MB, 1.5 s for 500 MB), while the floor, what any ingest must do besides it (hash
 every file, parse every JSON line, sha256 every document, write 4 bytes per token to the spill), takes 0.7 / 7.8
 CPU s, 5x the tokenizer: an ingest doing nothing else would be at 0.2x. The rest of the 40 CPU s at 500 MB is
 the k-means fit (3-4 s, fixed: 20 k sampled rows), the features of every row for the assignment, the row digest
 (sha256 over 2 GB of int32 tokens), the rows built from the spill, the Lance write (2 GB) and ~2.5 s of imports
-(transformers, for the ByT5 vocabulary). With the SmolLM2 BPE tokenizer and one worker the ingest runs at 0.54x
-(wall) / 0.71x (CPU) of the tokenizer alone: met.
+(transformers, for the ByT5 vocabulary). With the SmolLM2 BPE tokenizer the ingest runs at 0.99x (wall) / 0.82x
+(CPU) of the tokenizer alone with one worker, 1.6x / 0.75x with two: met.
 
-Workers do not pay on this machine. With the byte tokenizer the scan they share out is ~10% of the ingest
-(0.7 of 7.5 CPU s at 50 MB): 83 against 98 s wall at 500 MB for the same CPU, slower at 50 MB (the pool's
-start). With BPE the Rust tokenizer already runs encode_batch on both cores in one process (rayon); two workers
-of one rayon thread each got the three equal files 2 + 1 (a file is the unit of work), paid the transformers
-import and ~420 MB of RSS each, and ran slower (194 against 118 s, at load 9 against 6). They are for machines
-with more cores than the tokenizer's threads use, and drops of many files (Spark part files); with few cores set
-ingest.workers: 1.
+Workers: with the byte tokenizer the scan they share out is ~10% of the ingest (0.7 of 7.4 CPU s at 50 MB), so
+they barely pay: 83 against 98 s wall at 500 MB for the same CPU, slower at 50 MB (the pool's start), and ~70-140
+MB more RSS. With BPE the tokenizer is the work: two workers (one rayon thread each, so 2 x 1 threads on 2 cores,
+no oversubscription) ran the 50 MB drop in 36 s against 59 s for one process (whose rayon pool already uses both
+cores for encode_batch but not for reading, parsing and hashing), for 10% more CPU and ~580 MB more RSS (each worker
+loads transformers and the tokenizer). A first run, before the workers' batches were capped at 256 documents and
+at load 9 against 6, went the other way (194 against 118 s): on 2 shared cores the figure follows the load. A file
+is the unit of work, so this drop's three equal files split 2 + 1.
 
 2 GB (one run, byte tokenizer, workers 2: the default on 2 cores): 209 s wall, 137 CPU s, 9.8 MB/s, 3.79 M rows;
 peak RSS 881 MB (ingest) / 967 MB (tree), under the 2,048 MB bound. From 500 MB to 2 GB (workers 2) the ingest's
