@@ -12,6 +12,7 @@ equal hashes hold the same training data, whatever their Lance version numbers. 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,8 +60,12 @@ def columns_digest(num_rows: int, columns: dict[str, list[Sequence]]) -> str:
     for name in HASH_COLUMNS:
         h.update(b"\0" + name.encode() + b"\0")
         chunks = columns[name]
-        if name in STRING_COLUMNS:
-            h.update("\0".join(v for chunk in chunks for v in chunk).encode())  # no value holds a NUL
+        if name in STRING_COLUMNS:  # "\0".join of all values (no value holds a NUL), fed a block at a time
+            values = (v for chunk in chunks for v in chunk)
+            sep = ""
+            while block := list(itertools.islice(values, HASH_BLOCK // 64)):
+                h.update((sep + "\0".join(block)).encode())
+                sep = "\0"
             continue
         dtype = "<i4" if name == "tokens" else "<i8"
         for chunk in chunks:

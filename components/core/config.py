@@ -51,6 +51,19 @@ class IngestConfig(Section):
         "local Hugging Face tokenizer directory.",
     )
     seed: int = Field(0, description="Seed of the k-means clustering.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Processes that read, check, hash and tokenize a drop's files in parallel (0: one per CPU "
+        "core; 1: in process, no pool). Drops under 16 MB or of one file scan in process (components.ingest.parallel).",
+    )
+    max_memory_mb: int = Field(
+        2048,
+        ge=64,
+        description="Bound on an ingest's peak RSS (workers included); batch sizes and workers are derived from it "
+        "and a bound too small to ingest at all is refused (components.ingest.limits).",
+    )
     engine: Literal["local", "ray"] = Field(
         "local",
         description="'local': this process reads, tokenizes and writes. 'ray': Ray Data workers read and tokenize "

@@ -41,6 +41,12 @@ class Tokenizer(Protocol):
     def save_pretrained(self, path: str | Path) -> None: ...
 
 
+def encode_bytes(texts: list[str], offset: int) -> list[np.ndarray]:
+    """ByT5 ids: each UTF-8 byte plus `offset` (ByteTokenizer.encode_batch; ingest workers call it without the HF
+    tokenizer, which would cost each of them the import of transformers)."""
+    return [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) + offset for t in texts]
+
+
 class ByteTokenizer:
     """ByT5's byte-level vocabulary with a vectorized encoder.
 
@@ -61,7 +67,11 @@ class ByteTokenizer:
         self.identity = make_identity(BYTE_IDENTITY_SHA, self.vocab_size, str(self._hf.eos_token), self.eos_id)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) + self._offset for t in texts]
+        return encode_bytes(texts, self._offset)
+
+    @property
+    def offset(self) -> int:
+        return self._offset
 
     def decode(self, ids: Sequence[int]) -> str:
         arr = np.asarray(ids, dtype=np.int64)

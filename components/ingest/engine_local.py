@@ -18,16 +18,22 @@ from components.adapters.records import DropRecord, sequences_schema
 from components.core.config import Settings
 from components.core.text import Tokenizer
 from components.ingest.drops import DropRef, DropSource, hash_drop
-from components.ingest.rows import bookkeeping, record_batches
+from components.ingest.limits import Limits
+from components.ingest.rows import BATCH_ROWS, bookkeeping, record_batches
 from components.ingest.scan import Plan, Scanned, plan_drop, scan_drop, unchanged
 from components.ingest.spill import Spill
 
 
 class LocalEngine:
-    """Everything in this process; the drop's tokens wait in a spill on local disk, removed on exit."""
+    """Everything in this process (or, with `limits.workers` > 1, the scan on worker processes:
+    components.ingest.parallel); the drop's tokens wait in a spill on local disk, removed on exit. `limits`
+    (components.ingest.limits, from ingest.max_memory_mb) sets the batch sizes."""
 
-    def __init__(self, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars) -> None:
+    def __init__(
+        self, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, limits: Limits | None
+    ) -> None:
         self.source, self.ref, self.settings, self.tokenizer, self.bars = source, ref, settings, tokenizer, bars
+        self.limits = limits
         self.spill = Spill(settings.home, ref.drop_id)
 
     def __enter__(self) -> LocalEngine:
@@ -41,29 +47,29 @@ class LocalEngine:
 
     def scan(self, content: str, tokenize: bool = True) -> Scanned:
         spill = self.spill if tokenize else None
-        return unchanged(
-            scan_drop(self.source, self.ref, self.settings, self.tokenizer, self.bars, spill), content, self.ref.drop_id
-        )
+        scanned = scan_drop(self.source, self.ref, self.settings, self.tokenizer, self.bars, spill, self.limits)
+        return unchanged(scanned, content, self.ref.drop_id)
 
     def plan(self, memory: Memory, scanned: Scanned, content: str) -> Plan:
         def rescan() -> Scanned:
             return self.scan(content)
 
-        return plan_drop(memory, scanned, self.settings, self.tokenizer, self.spill, rescan)
+        return plan_drop(memory, scanned, self.settings, self.tokenizer, self.spill, rescan, limits=self.limits)
 
     def write(self, mem: Memory, rec: DropRecord, plan: Plan, meta: dict, documents: pa.Table) -> None:
         """Digest and row index from the packed rows, then one `commit_drop` streaming them (under writer())."""
-        bookkeeping(rec, plan.packed, plan.clusters)
+        rows = self.limits.batch_rows if self.limits else BATCH_ROWS
+        bookkeeping(rec, plan.packed, plan.clusters, batch_rows=rows)
         schema = sequences_schema(meta)
         advance = self.bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)
-        batches = record_batches(rec.drop_id, plan.packed, plan.clusters, schema, advance)
+        batches = record_batches(rec.drop_id, plan.packed, plan.clusters, schema, advance, batch_rows=rows)
         mem.commit_drop(pa.RecordBatchReader.from_batches(schema, batches), rec, meta, documents)
 
 
-def open_engine(source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars):
-    """The engine `ingest.engine` names."""
+def open_engine(source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, limits=None):
+    """The engine `ingest.engine` names (`limits` bound the local engine; Ray's workers have their own memory)."""
     if settings.ingest.engine == "ray":
         from components.ingest.engine_ray import RayEngine  # only here: the local path never imports ray
 
         return RayEngine(source, ref, settings, tokenizer, bars)
-    return LocalEngine(source, ref, settings, tokenizer, bars)
+    return LocalEngine(source, ref, settings, tokenizer, bars, limits)

@@ -10,7 +10,9 @@ into a token spill on disk (components.ingest.scan, .spill) -> split by document
   (components.ingest.engine_ray). What happens to a drop (below) is decided here, the same way for both.
 
 * Bounded memory: no drop's texts or tokens are held whole; memory holds per-document and per-row metadata and a
-  batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests.
+  batch at a time (components.ingest.scan), so a drop, or one file of it, larger than memory ingests. The batch
+  sizes and the scan's worker processes (ingest.workers, components.ingest.parallel) are derived from
+  ingest.max_memory_mb (components.ingest.limits), which bounds the peak RSS.
 
 * Idempotent: a drop already ingested with the same content hash is reported `present` and nothing is written.
   The same id with other content is `refused` (drops are immutable; publish a new drop id instead).
@@ -48,6 +50,7 @@ from components.core.ids import is_drop_id
 from components.core.text import Tokenizer, TokenizerMismatch, describe_identity, load_tokenizer, same_tokenizer
 from components.ingest.drops import DropRef, DropSource, invalid_id_issue, open_source
 from components.ingest.engine_local import open_engine
+from components.ingest.limits import Limits, derive_limits
 from components.ingest.scan import TOKENIZE_DOCS, Plan, Scanned, new_documents
 
 
@@ -158,12 +161,18 @@ def _prior(memory: Memory, drop_id: str, content_hash: str) -> IngestResult | No
 
 
 def ingest_drop(
-    memory: Memory, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars: Bars
+    memory: Memory,
+    source: DropSource,
+    ref: DropRef,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    bars: Bars,
+    limits: Limits | None = None,
 ) -> IngestResult:
     """Hash the drop (one sequential read) and stop if its content was decided before; else scan it (tokens into a
     local spill or, with engine ray, Ray's object store: components.ingest.engine_local), plan, and commit. What the
     engine holds (the spill, the object refs) is released however this ends."""
-    with open_engine(source, ref, settings, tokenizer, bars) as engine:
+    with open_engine(source, ref, settings, tokenizer, bars, limits) as engine:
         content = engine.content_hash()
         prior = _prior(memory, ref.drop_id, content)
         if prior is not None:
@@ -183,6 +192,10 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         return _reject(memory, rec)
     try:  # planned before taking the write lock, so another ingest can commit while this one tokenizes and packs
         plan = engine.plan(memory, scanned, content)
+    except ValueError as exc:  # the memory bound (components.ingest.limits): no lock can change it
+        if "ingest.max_memory_mb" in str(exc):
+            raise
+        plan = None
     except Exception:  # e.g. read while another writer was creating the document index: planned again, locked,
         plan = None  # where a real error is raised again
     with memory.writer() as mem:
@@ -246,6 +259,8 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
     memory = Memory.open(settings)
     tokenizer = load_tokenizer(settings.ingest.tokenizer)
     check_tokenizer(memory, settings, tokenizer)
+    cfg = settings.ingest
+    limits = derive_limits(cfg.max_memory_mb, cfg.workers, cfg.context_length, byte=cfg.tokenizer == "byte")
     results: list[IngestResult] = []
     with Bars(show_progress) as bars:
         for ref in source.list_drops():
@@ -256,7 +271,7 @@ def ingest_source(settings: Settings, location: str, show_progress: bool = True)
                 results.append(IngestResult(ref.drop_id, "rejected", str(invalid_id_issue(ref.drop_id))))
                 continue
             try:
-                results.append(ingest_drop(memory, source, ref, settings, tokenizer, bars))
+                results.append(ingest_drop(memory, source, ref, settings, tokenizer, bars, limits))
             except Exception as exc:  # one broken drop must not stop the others; the CLI exits 1
                 results.append(IngestResult(ref.drop_id, "failed", f"{type(exc).__name__}: {short_error(exc)}"))
     return results

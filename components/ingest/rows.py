@@ -57,6 +57,7 @@ def record_batches(
     advance,
     start: int = 0,
     stop: int | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
     """The drop's rows [start, stop) of the write order (see the module docstring) as record batches, so the commit
     streams; the Ray engine writes each range as its own fragments (components.ingest.engine_ray)."""
@@ -67,8 +68,8 @@ def record_batches(
         lo, hi = max(start - offset, 0), min(n if stop is None else stop - offset, n)
         offset += n
         hashes = np.asarray(hashes, dtype=object)
-        for first in range(lo, hi, BATCH_ROWS):
-            idx = order[first : min(first + BATCH_ROWS, hi)]
+        for first in range(lo, hi, batch_rows):
+            idx = order[first : min(first + batch_rows, hi)]
             flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
             yield pa.RecordBatch.from_arrays(
                 [
@@ -85,7 +86,9 @@ def record_batches(
             advance(len(idx))
 
 
-def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> str:
+def packed_digest(
+    drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], batch_rows: int = BATCH_ROWS
+) -> str:
     """The drop's row digest, equal to `rows_digest` of its stored rows sorted by (split, position)."""
     parts = sorted(  # (split, position) order: "holdout" sorts before "train"
         [
@@ -103,18 +106,22 @@ def packed_digest(drop_id: str, packed: SplitPacked, clusters: tuple[np.ndarray,
         "cluster": [cluster for _, _, cluster, _ in parts],
         "doc_hash": [hashes for _, _, _, hashes in parts],
         "tokens": (  # built block by block (part.tokens may be a LazyRows over the token spill): one pass
-            part.tokens[start : start + BATCH_ROWS]
+            part.tokens[start : start + batch_rows]
             for _, part, _, _ in parts
-            for start in range(0, len(part.lengths), BATCH_ROWS)
+            for start in range(0, len(part.lengths), batch_rows)
         ),
     }
     return columns_digest(n, columns)
 
 
 def bookkeeping(
-    rec: DropRecord, packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray], digest: str | None = None
+    rec: DropRecord,
+    packed: SplitPacked,
+    clusters: tuple[np.ndarray, np.ndarray],
+    digest: str | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> None:
     """Fill the record's row digest (`digest` when a Ray worker hashed the rows) and train rows per cluster (its
     fragments are added by the commit)."""
-    rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters)
+    rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters, batch_rows)
     rec.arm_rows = json.dumps(np.bincount(clusters[0], minlength=rec.clusters).tolist())  # DropIndex

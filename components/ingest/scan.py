@@ -2,9 +2,11 @@
 
 The scan reads the drop file by file (components.ingest.drops.DropScan: hashed, then parsed line by line or row
 group by row group), hashes each document and tokenizes the first occurrence of each hash in batches of at most
-TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text, appending the tokens to the spill
-(components.ingest.spill). No text is kept: memory holds the documents' hashes, the spill's offsets and one batch,
-whatever the drop's size. The plan (deduplication, split, every row's place) is decided from that metadata
+TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small ingest.max_memory_mb:
+components.ingest.limits), appending the tokens to the spill (components.ingest.spill). With ingest.workers > 1 a
+local drop's files are scanned by worker processes instead, with the same result (components.ingest.parallel).
+No text is kept: memory holds the documents' hashes, the spill's offsets and one batch, whatever the drop's size.
+The plan (deduplication, split, every row's place) is decided from that metadata
 (components.core.packing.split_layouts); rows are built from the spill only when hashed, clustered and written.
 
 Documents the memory already holds are tokenized too: the lookup reads the whole document index
@@ -25,7 +27,9 @@ from components.core.config import Settings
 from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_layouts
 from components.core.text import Tokenizer
 from components.ingest.clustering import assign_clusters
-from components.ingest.drops import DropContents, DropRef, DropScan, DropSource
+from components.ingest.drops import DropContents, DropRef, DropScan, DropSource, LocalSource, content_hash
+from components.ingest.limits import Limits, check_metadata
+from components.ingest.parallel import ScanJob, scan_parallel
 from components.ingest.spill import Spill
 
 TOKENIZE_DOCS = 256
@@ -41,9 +45,28 @@ class Scanned:
 
 
 def scan_drop(
-    source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, spill: Spill | None
+    source: DropSource,
+    ref: DropRef,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    bars,
+    spill: Spill | None,
+    limits: Limits | None = None,
 ) -> Scanned:
-    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it."""
+    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it.
+
+    With `limits.workers` > 1 a local drop's files are scanned by worker processes (components.ingest.parallel,
+    the same result); otherwise, and for drops too small for a pool, in this process, tokenizing batches of at
+    most TOKENIZE_DOCS documents or `limits.tokenize_bytes` of text.
+    """
+    batch_bytes = TOKENIZE_BYTES if limits is None else limits.tokenize_bytes
+    if limits is not None and limits.workers > 1 and isinstance(source, LocalSource):
+        job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes, TOKENIZE_DOCS)
+        scanned = Scanned(
+            DropContents(ref.drop_id, [], content_hash({}), 0, None), spilled=None if spill is None else {}
+        )
+        if scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned):
+            return scanned
     scan = DropScan(source, ref.drop_id, settings.ingest.max_document_bytes, bars.counter(f"read {ref.drop_id}", None))
     out = Scanned(scan.contents, spilled=None if spill is None else {})
     advance = bars.counter(f"tokenize {ref.drop_id}", None)
@@ -60,7 +83,7 @@ def scan_drop(
         out.spilled[h] = len(out.spilled)
         batch.append(doc.text)
         size += len(doc.text)
-        if len(batch) >= TOKENIZE_DOCS or size >= TOKENIZE_BYTES:
+        if len(batch) >= TOKENIZE_DOCS or size >= batch_bytes:
             spill.append(tokenizer.encode_batch(batch))
             advance(len(batch))
             batch, size = [], 0
@@ -111,11 +134,13 @@ def plan_drop(
     spill: Spill,
     rescan: Callable,
     cluster: bool = True,
+    limits: Limits | None = None,
 ) -> Plan:
     """Deduplicate against the memory, then split, lay out and (unless `cluster` is False: the Ray engine clusters
     on its workers) cluster only the new documents. `spill` is any token store with `lengths()` and `tokens(i)`.
 
-    `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring).
+    `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring). With `limits`,
+    a drop whose metadata alone would pass ingest.max_memory_mb is refused here (ValueError), before the layout.
     """
     cfg = settings.ingest
     plan = Plan(memory.version, new_documents(memory, scanned.hashes))
@@ -126,6 +151,9 @@ def plan_drop(
     keep_hashes = [scanned.hashes[i] for i in plan.keep]
     at = plan.at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
     lengths = spill.lengths()[at]
+    if limits is not None:
+        n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
+        check_metadata(limits, scanned.contents.drop_id, len(scanned.hashes), n_rows)
     try:
         plan.packed = split_layouts(
             lengths,
@@ -141,5 +169,7 @@ def plan_drop(
         plan.too_small = str(exc)
         return plan
     if cluster:
-        plan.clusters = assign_clusters(plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+        chunk = {} if limits is None else {"chunk_tokens": limits.chunk_tokens}
+        args = (plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
+        plan.clusters = assign_clusters(*args, **chunk)
     return plan

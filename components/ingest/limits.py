@@ -1,0 +1,121 @@
+"""`ingest.max_memory_mb`: the bound on an ingest's peak RSS, and the batch sizes and worker count derived from it.
+
+What an ingest holds (measured on the byte tokenizer, context_length 512; benchmarks/results/scale_ingest.md):
+  * the loaded libraries (LanceDB, pyarrow, scikit-learn, the tokenizer): ~285 MB, measured as the process's RSS
+    when the ingest starts (`base_mb`);
+  * the k-means fit: up to FIT_SAMPLE rows, their tokens and hashed features (`fit_mb`: 430 MB at context_length
+    512, 3.4 GB at 4096, for a drop of FIT_SAMPLE rows or more);
+  * one batch at a time of each stream: the texts being tokenized (TOKEN_COST bytes per byte of text), the rows
+    being featurized for the cluster assignment (FEATURE_COST bytes per token) and the rows of a record batch
+    being written (ROW_COST bytes per token);
+  * per-document and per-row metadata, which grows with the drop: a document's hash (a 64-character str, its
+    dict entry and list slot) and its spill offsets, ~DOC_COST bytes; a row's length, first document, cluster
+    and the reference to its document's hash (the str is shared, not copied), and their copies while the row
+    digest and the commit run, ~ROW_META_COST bytes. At the default context_length 128 that is ~0.66 MB per MB
+    of text in documents of ~8 kB: a 2,048 MB bound holds the metadata of drops up to ~2 GB of text (~5 GB at
+    context_length 512, where a row holds 4x the text); `check_metadata` refuses a larger drop before it is
+    planned, with that fix. (Keeping it on disk too is the next step if drops grow past that: the per-row
+    doc-hash list holds references to the per-document strings, so the strings themselves are per document.)
+  * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
+    no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
+    tokenize batch.
+
+Each batch gets at most a quarter of what the bound leaves after the libraries and the fit (never more than the
+sizes measured as fast: 8 MB of text, 1 M tokens, 4,096 rows), the metadata the rest; workers are started only
+as far as the bound allows. Results never depend on these sizes: the same rows and digests for any bound.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psutil
+
+from components.ingest.clustering import CHUNK_TOKENS, FIT_SAMPLE, N_FEATURES
+
+MB = 1 << 20
+TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-8 copy, int32 ids, spill bytes
+FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
+ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
+DOC_COST = 250
+ROW_META_COST = 80
+WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
+WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)
+HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches in flight (+110-145 MB measured)
+MAX_TOKENIZE_BYTES, MIN_TOKENIZE_BYTES = 8 * MB, 256 << 10
+MAX_BATCH_ROWS, MIN_BATCH_ROWS = 4096, 64
+MIN_CHUNK_TOKENS = 1 << 16
+MIN_FIT_ROWS = 2048  # the fit the smallest bound must allow; a drop's own fit is checked when it is planned
+MIN_META_MB = 16  # ... and the metadata of a small drop (~25 MB of text at context_length 128)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_memory_mb: int
+    base_mb: float
+    context_length: int
+    workers: int
+    tokenize_bytes: int
+    chunk_tokens: int
+    batch_rows: int
+
+    @property
+    def room_mb(self) -> float:
+        """What is left for the drop's metadata and the k-means fit once the libraries and batches are counted."""
+        batches = self.tokenize_bytes * TOKEN_COST + self.chunk_tokens * FEATURE_COST
+        return self.max_memory_mb - self.base_mb - HEADROOM_MB - batches / MB
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / MB
+
+
+def fit_mb(context_length: int, rows: int = FIT_SAMPLE) -> float:
+    """The k-means fit's memory for `rows` sampled rows (at most FIT_SAMPLE): their tokens, the padding-masked copy
+    and np.unique's, and their features (float32 values and int32 indices, twice while the chunks are stacked)."""
+    per_row = context_length * 4 * 3 + min(2 * context_length - 1, N_FEATURES) * 8 * 2
+    return min(rows, FIT_SAMPLE) * per_row / MB
+
+
+def derive_limits(
+    max_memory_mb: int, workers: int, context_length: int, base_mb: float | None = None, byte: bool = True
+) -> Limits:
+    """The batch sizes and worker count that keep an ingest under `max_memory_mb` (module docstring); raises
+    ValueError, one line naming the key and the fix, for a bound too small for even the smallest batches and a
+    small drop's fit (MIN_FIT_ROWS rows; a larger drop is checked against its own fit by `check_metadata`)."""
+    base = rss_mb() if base_mb is None else base_mb
+    small_fit = fit_mb(context_length, MIN_FIT_ROWS)
+    smallest = (
+        MIN_TOKENIZE_BYTES * TOKEN_COST + MIN_CHUNK_TOKENS * FEATURE_COST + MIN_BATCH_ROWS * context_length * ROW_COST
+    )
+    need = base + small_fit + MIN_META_MB + HEADROOM_MB + smallest / MB
+    if max_memory_mb < need:
+        raise ValueError(
+            f"ingest.max_memory_mb = {max_memory_mb} is below the {need:.0f} MB an ingest needs at the least "
+            f"({base:.0f} MB of loaded libraries, {small_fit + MIN_META_MB:.0f} MB for a small drop's metadata and "
+            f"k-means fit at context_length {context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest "
+            "batches and the commit). "
+            f"Fix: set ingest.max_memory_mb to {int(need) + 1} or more."
+        )
+    quarter = (max_memory_mb - base - fit_mb(context_length) - HEADROOM_MB) * MB / 4  # room beside a full fit
+    tokenize = int(min(MAX_TOKENIZE_BYTES, max(MIN_TOKENIZE_BYTES, quarter / TOKEN_COST)))
+    chunk = int(min(CHUNK_TOKENS, max(MIN_CHUNK_TOKENS, quarter / FEATURE_COST)))
+    rows = int(min(MAX_BATCH_ROWS, max(MIN_BATCH_ROWS, quarter / (context_length * ROW_COST))))
+    wanted = workers or os.cpu_count() or 1
+    per_worker = (WORKER_MB if byte else WORKER_MB_HF) + tokenize * TOKEN_COST / MB
+    fits = int((max_memory_mb - base - HEADROOM_MB) // per_worker)  # the scan: driver + workers, no fit yet
+    return Limits(max_memory_mb, base, context_length, max(1, min(wanted, fits)), tokenize, chunk, rows)
+
+
+def check_metadata(limits: Limits, drop_id: str, n_documents: int, n_rows: int) -> None:
+    """Refuse, before it is planned, a drop whose metadata and k-means fit would pass the bound (module docstring)."""
+    meta = (n_documents * DOC_COST + n_rows * ROW_META_COST) / MB
+    need = meta + fit_mb(limits.context_length, n_rows)
+    if need > limits.room_mb:
+        raise ValueError(
+            f"drop {drop_id}: its {n_documents:,} documents and {n_rows:,} rows need ~{need:.0f} MB of metadata "
+            f"and k-means sample, more than the {limits.room_mb:.0f} MB that ingest.max_memory_mb = "
+            f"{limits.max_memory_mb} leaves. Fix: raise ingest.max_memory_mb to "
+            f"{int(limits.max_memory_mb + need - limits.room_mb) + 1} or more, or publish the data as smaller drops."
+        )
