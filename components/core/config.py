@@ -73,7 +73,8 @@ class IngestConfig(Section):
     ray_address: str = Field(
         "",
         description="Ray cluster for engine 'ray': '' starts a local Ray on this machine's CPUs; else an address "
-        "such as 'ray://head:10001', 'head:6379' or 'auto' (the cluster this machine belongs to).",
+        "such as 'head:6379' or 'auto' (the cluster this machine belongs to); a 'ray://head:10001' client address "
+        "needs the ray[client] extra installed as well.",
     )
 
 
