@@ -41,8 +41,13 @@ smollm2: setup
 smollm2-import:
 	$(BIN)/amr model import "$(SMOLLM2_GGUF)" --name smollm2-135m --replace
 
+# Two pytest-xdist workers, a test file each at a time (--dist loadfile: a file's module fixtures are built once),
+# the longest files first (tests/conftest.py LONGEST_FIRST; --no-loadscope-reorder keeps that order).
+# Every test keeps its state in its own tmp_path, free loopback ports and its own services, so two run side by side;
+# much of the suite waits on subprocesses and servers starting, which the second worker fills. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q --timeout 900
+	$(BIN)/python -m pytest -q --timeout 900 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -345,9 +345,10 @@ class DictSource:
     def list_files(self, drop_id: str) -> list[str]:
         return sorted(self.files)
 
-    def read_bytes(self, drop_id: str, name: str) -> bytes:
+    def opener(self, drop_id: str, name: str):
         self.reads.append(name)
-        return self.files[name]
+        data = self.files[name]
+        return (lambda: io.BytesIO(data)), len(data)
 
 
 @pytest.mark.parametrize(

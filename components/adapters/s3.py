@@ -103,9 +103,15 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def list_keys(client: Any, bucket: str, prefix: str) -> Iterator[str]:
     """Every object key under `prefix`, across pages."""
+    for key, _, _ in list_objects(client, bucket, prefix):
+        yield key
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, int, str | None]]:
+    """(key, size, ETag) of every object under `prefix`, across pages."""
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            yield obj["Key"]
+            yield obj["Key"], int(obj.get("Size", 0)), obj.get("ETag")
 
 
 def list_subprefixes(client: Any, bucket: str, prefix: str) -> Iterator[str]:

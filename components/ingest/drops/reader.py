@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
@@ -132,17 +131,14 @@ def _sha256(opener: Opener) -> str:
 def _open(source: DropSource, drop_id: str, name: str, issues: list[DropIssue]) -> tuple[Opener, int] | None:
     """An opener of the file and its size, or None with an issue when the name is unsafe or it cannot be read.
 
-    Sources with an `opener` (LocalSource) are streamed; others (S3Source, test sources) give bytes, held whole.
+    Every source streams (`DropSource.opener`): a local file, or an S3 object through ranged GETs.
     """
     reason = unsafe_name_reason(name)
     if reason:
         issues.append(DropIssue(name, None, f"unsafe name: {reason}", FIX_ESCAPE))
         return None
     try:
-        if (open_file := getattr(source, "opener", None)) is not None:
-            return open_file(drop_id, name)
-        data = source.read_bytes(drop_id, name)
-        return (lambda: io.BytesIO(data)), len(data)
+        return source.opener(drop_id, name)
     except UnsafeNameError as exc:
         issues.append(DropIssue(name, None, str(exc), FIX_ESCAPE))
     except OSError as exc:  # S3 errors (auth, network) are not OSError: they propagate, as they are no data problem

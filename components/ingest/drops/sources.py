@@ -1,12 +1,21 @@
 """Where drops live: a local directory or an S3 prefix, behind one small `DropSource` protocol.
 
-Sources only list and fetch bytes; deciding what a file means is `read_drop`'s job. Both refuse to read a
+Sources only list files and open them; deciding what a file means is `read_drop`'s job. Both refuse to read a
 name that could leave the drop (`UnsafeNameError`), so a hostile listing can never make ingest read
 `/etc/passwd` or another bucket prefix, whatever the caller does with the names.
+
+Every file is read through `opener`: a function that opens it afresh as a stream, never the whole file in memory.
+On S3 that stream is components.adapters.s3stream: ranged GETs read a buffer at a time, resumed at the byte offset
+reached when a connection breaks, each pinned to the listed ETag; seeking costs one ranged GET, which is how
+parquet (footer, then the "text" column chunks) is read in place, neither downloaded whole nor spilled to disk.
+Objects of at most `S3Source.WHOLE_BELOW` bytes (1 MiB: `_drop.json`, small part files) are fetched once and
+re-opened from memory, since a drop's reader opens each file a few times (hash, magic bytes, first line, parse)
+and on S3 every open is a request. Credentials come only from boto3's chain (components.adapters.s3).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -14,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from components.adapters import s3 as s3_io
+from components.adapters.s3stream import open_object, read_object
 from components.core.config import S3Config
 from components.ingest.drops.model import READY, DropRef, check_drop_id, unsafe_name_reason
 
@@ -33,8 +43,9 @@ class DropSource(Protocol):
         """Relative names of every file in the drop, sorted; unsafe names are included so they can be reported."""
         ...
 
-    def read_bytes(self, drop_id: str, name: str) -> bytes:
-        """The file's bytes; raises UnsafeNameError (without reading) for a name that leaves the drop."""
+    def opener(self, drop_id: str, name: str) -> tuple[Callable[[], BinaryIO], int]:
+        """A function opening the file as a stream at its first byte, and the file's size; raises UnsafeNameError
+        (without reading) for a name that leaves the drop."""
         ...
 
 
@@ -106,7 +117,10 @@ def _raise(exc: OSError) -> None:
 class S3Source:
     """Drops as prefixes `s3://bucket/prefix/<drop_id>/` of any S3-compatible store."""
 
+    WHOLE_BELOW = 1 << 20  # objects up to this size are fetched once and re-opened from memory
+
     def __init__(self, location: str, client: Any = None, s3: S3Config | None = None) -> None:
+        self._listed: dict[str, tuple[int, str | None]] = {}  # key -> (size, ETag), from the last listing
         self.bucket, self.prefix = s3_io.split_s3_uri(location)
         self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.s3 = s3
@@ -125,14 +139,40 @@ class S3Source:
         return f"{self.prefix}{check_drop_id(drop_id)}/"
 
     def list_files(self, drop_id: str) -> list[str]:
+        """The listing also keeps each object's size and ETag, so opening a listed file needs no HEAD request."""
         prefix = self._drop_prefix(drop_id)
-        keys = s3_io.list_keys(self.client, self.bucket, prefix)
-        return sorted(key[len(prefix) :] for key in keys if not key.endswith("/"))  # "x/": a console folder marker
+        names = []
+        for key, size, etag in s3_io.list_objects(self.client, self.bucket, prefix):
+            if not key.endswith("/"):  # "x/": a console folder marker
+                self._listed[key] = (size, etag)
+                names.append(key[len(prefix) :])
+        return sorted(names)
 
     def read_bytes(self, drop_id: str, name: str) -> bytes:
+        opener, _ = self.opener(drop_id, name)
+        with opener() as file:
+            return file.read()
+
+    def opener(self, drop_id: str, name: str) -> tuple[Callable[[], BinaryIO], int]:
+        """A function opening the object as a buffered, seekable, resuming stream (see the module docstring)."""
         _refuse_unsafe(name)
-        response = self.client.get_object(Bucket=self.bucket, Key=self._drop_prefix(drop_id) + name)
-        return response["Body"].read()
+        key = self._drop_prefix(drop_id) + name
+        size, etag = self._listed.get(key) or self._head(key)
+        attempts = (self.s3 or S3Config()).max_attempts
+        if size > self.WHOLE_BELOW:
+            return (lambda: open_object(self.client, self.bucket, key, size, etag, attempts)), size
+        held: list[bytes] = []
+
+        def open_small() -> BinaryIO:
+            if not held:
+                held.append(read_object(self.client, self.bucket, key, size, etag, attempts))
+            return io.BytesIO(held[0])
+
+        return open_small, size
+
+    def _head(self, key: str) -> tuple[int, str | None]:
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        return int(head["ContentLength"]), head.get("ETag")
 
 
 def open_source(location: str, s3: S3Config | None = None) -> DropSource:
