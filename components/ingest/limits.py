@@ -27,6 +27,7 @@ as far as the bound allows. Results never depend on these sizes: the same rows a
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -78,6 +79,12 @@ def fit_mb(context_length: int, rows: int = FIT_SAMPLE) -> float:
     return min(rows, FIT_SAMPLE) * per_row / MB
 
 
+def suggested_mb(need: float) -> int:
+    """The bound a refusal names: `need` rounded up past 32 MB of slack to a multiple of 64 MB, since the libraries'
+    RSS at start (part of `need`) moves by a few MB from one process to the next."""
+    return 64 * math.ceil((need + 32) / 64)
+
+
 def derive_limits(
     max_memory_mb: int, workers: int, context_length: int, base_mb: float | None = None, byte: bool = True
 ) -> Limits:
@@ -96,7 +103,7 @@ def derive_limits(
             f"({base:.0f} MB of loaded libraries, {small_fit + MIN_META_MB:.0f} MB for a small drop's metadata and "
             f"k-means fit at context_length {context_length}, {HEADROOM_MB + smallest / MB:.0f} MB for the smallest "
             "batches and the commit). "
-            f"Fix: set ingest.max_memory_mb to {int(need) + 1} or more."
+            f"Fix: set ingest.max_memory_mb to {suggested_mb(need)} or more."
         )
     quarter = (max_memory_mb - base - fit_mb(context_length) - HEADROOM_MB) * MB / 4  # room beside a full fit
     tokenize = int(min(MAX_TOKENIZE_BYTES, max(MIN_TOKENIZE_BYTES, quarter / TOKEN_COST)))
@@ -117,5 +124,6 @@ def check_metadata(limits: Limits, drop_id: str, n_documents: int, n_rows: int) 
             f"drop {drop_id}: its {n_documents:,} documents and {n_rows:,} rows need ~{need:.0f} MB of metadata "
             f"and k-means sample, more than the {limits.room_mb:.0f} MB that ingest.max_memory_mb = "
             f"{limits.max_memory_mb} leaves. Fix: raise ingest.max_memory_mb to "
-            f"{int(limits.max_memory_mb + need - limits.room_mb) + 1} or more, or publish the data as smaller drops."
+            f"{suggested_mb(limits.max_memory_mb + need - limits.room_mb)} or more, or publish the data as smaller "
+            "drops."
         )
