@@ -72,7 +72,7 @@ def test_scan_with_two_workers_equals_the_scan_in_process(tmp_path, small_drops_
     (one, tokens_one, parts_one), (two, tokens_two, parts_two) = scans[1], scans[2]
     assert parts_one == 1 and parts_two == 1 + 5  # the pool ran: its own file and one part per document file
     assert one.contents.ok and two.contents.ok
-    assert two.hashes == one.hashes and two.spilled == one.spilled and two.n_documents == one.n_documents == 42
+    assert two.hashes == one.hashes and two.tokenized == one.tokenized and two.n_documents == one.n_documents == 42
     assert two.contents.content_hash == one.contents.content_hash
     assert tokens_two == tokens_one and len(tokens_one) == 40  # the two repeats tokenized once
     assert not list((cfg.home / "tmp").iterdir())  # part files removed with the spill

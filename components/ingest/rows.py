@@ -67,7 +67,6 @@ def record_batches(
         n = len(part.lengths)
         lo, hi = max(start - offset, 0), min(n if stop is None else stop - offset, n)
         offset += n
-        hashes = np.asarray(hashes, dtype=object)
         for first in range(lo, hi, batch_rows):
             idx = order[first : min(first + batch_rows, hi)]
             flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
@@ -79,7 +78,7 @@ def record_batches(
                     pa.FixedSizeListArray.from_arrays(flat, width),
                     pa.array(part.lengths[idx].astype(np.int32)),
                     pa.array(np.asarray(cluster)[idx].astype(np.int32)),
-                    pa.array(hashes[idx].tolist(), pa.string()),
+                    hashes.take(idx).to_arrow(),  # hex-encoded per batch (components.core.digests)
                 ],
                 schema=schema,
             )
