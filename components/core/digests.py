@@ -89,7 +89,7 @@ class Digests:
 
     def hex(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Values [start, stop) as an 'S64' hex array."""
-        stop = len(self) if stop is None else stop
+        stop = len(self) if stop is None else min(stop, len(self))
         part = self._base[start:stop] if self._idx is None else self._base[self._idx[start:stop]]
         return hex_array(part)
 

@@ -167,7 +167,8 @@ class Layout:
             self.lengths[-1] = self.total - (n_rows - 1) * context_length
         # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
         positions = np.arange(n_rows, dtype=np.int64) * context_length
-        self.first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
+        first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
+        self.first = first.astype(np.int32 if len(docs) < 2**31 else np.int64)  # 4 bytes a row, not 8
         self._last: tuple[int, np.ndarray | None] = (-1, None)  # the last document fetched (see `_doc`)
 
     def _doc(self, d: int) -> np.ndarray:
