@@ -72,7 +72,7 @@ def test_scan_with_two_workers_equals_the_scan_in_process(tmp_path, small_drops_
     (one, tokens_one, parts_one), (two, tokens_two, parts_two) = scans[1], scans[2]
     assert parts_one == 1 and parts_two == 1 + 5  # the pool ran: its own file and one part per document file
     assert one.contents.ok and two.contents.ok
-    assert two.hashes == one.hashes and two.spilled == one.spilled and two.n_documents == one.n_documents == 42
+    assert two.hashes == one.hashes and two.tokenized == one.tokenized and two.n_documents == one.n_documents == 42
     assert two.contents.content_hash == one.contents.content_hash
     assert tokens_two == tokens_one and len(tokens_one) == 40  # the two repeats tokenized once
     assert not list((cfg.home / "tmp").iterdir())  # part files removed with the spill
@@ -201,9 +201,9 @@ def test_a_drop_whose_metadata_alone_passes_the_bound_is_refused_before_planning
     limits = derive_limits(2048, 1, 128, base_mb=300)
     check_metadata(limits, "d1", 200_000, 2_000_000)  # ~2 GB of text at context_length 128: fits
     with pytest.raises(ValueError) as exc:
-        check_metadata(limits, "d1", 2_000_000, 20_000_000)  # ~20 GB of text
+        check_metadata(limits, "d1", 4_000_000, 40_000_000)  # ~5 GB of text at context_length 128
     message = str(exc.value)
     assert message.startswith("drop d1: ") and "\n" not in message
     need = int(message.split("raise ingest.max_memory_mb to ")[1].split()[0])
     assert need > 2048
-    check_metadata(derive_limits(need, 1, 128, base_mb=300), "d1", 2_000_000, 20_000_000)  # the fix it names works
+    check_metadata(derive_limits(need, 1, 128, base_mb=300), "d1", 4_000_000, 40_000_000)  # the fix it names works

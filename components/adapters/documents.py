@@ -41,6 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.core.digests import Digests
+
 DOCUMENTS = "documents"
 SCHEMA = pa.schema(
     [("drop_id", pa.string()), ("version", pa.int64()), ("doc_hash", pa.string()), ("split", pa.string())]
@@ -52,16 +54,21 @@ LOOKUP_CHUNK = 4096  # new hashes per `doc_hash IN (...)` query
 MAX_SEGMENTS = 16  # index segments at which a commit merges them all (a lookup searches each one)
 
 
-def rows(drop_id: str, hashes: Sequence[str], in_holdout: np.ndarray) -> pa.Table:
-    """The index rows of one drop (version filled in at commit); one per distinct hash."""
-    splits = np.where(np.asarray(in_holdout, dtype=bool), "holdout", "train").tolist()
-    unique = dict(zip(hashes, splits, strict=True))
+def rows(drop_id: str, hashes: Sequence[str] | Digests, in_holdout: np.ndarray) -> pa.Table:
+    """The index rows of one drop (version filled in at commit); one per distinct hash, in order of first occurrence
+    (built from the raw digests: no Python str per document)."""
+    hashes = hashes if isinstance(hashes, Digests) else Digests(hashes)
+    if len(hashes) != len(in_holdout):
+        raise ValueError(f"{len(hashes)} hashes but {len(in_holdout)} split flags")
+    _, first = np.unique(hashes.raw, return_index=True)
+    first.sort()
+    n = len(first)
     return pa.table(
         {
-            "drop_id": pa.array([drop_id] * len(unique), pa.string()),
-            "version": pa.array(np.zeros(len(unique), np.int64)),
-            "doc_hash": pa.array(list(unique), pa.string()),
-            "split": pa.array(list(unique.values()), pa.string()),
+            "drop_id": pa.repeat(pa.scalar(drop_id, pa.string()), n),
+            "version": pa.array(np.zeros(n, np.int64)),
+            "doc_hash": hashes.take(first).to_arrow(),
+            "split": pc.if_else(pa.array(np.asarray(in_holdout, dtype=bool)[first]), "holdout", "train"),
         },
         schema=SCHEMA,
     )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from components.core.digests import Digests
+
 
 class DropTooSmall(ValueError):
     """The drop cannot give one training sequence and the minimum number of held-out sequences."""
@@ -27,6 +29,8 @@ def doc_hash(text: str) -> str:
 
 def hash_fractions(hashes: Sequence[str]) -> np.ndarray:
     """Map sha256 hex digests to uniform floats in [0, 1); 52 bits so float64 holds them exactly."""
+    if isinstance(hashes, Digests):
+        return hashes.fractions()
     return np.array([int(h[:13], 16) for h in hashes], dtype=np.float64) / float(16**13)
 
 
@@ -71,8 +75,8 @@ def pack(token_lists: Sequence[np.ndarray], context_length: int, eos_id: int, pa
 class SplitPacked:
     train: Packed
     holdout: Packed
-    train_doc_hashes: list[str]  # per sequence: hash of its first_doc
-    holdout_doc_hashes: list[str]
+    train_doc_hashes: Digests  # per sequence: hash of its first_doc (an index into the documents' digests)
+    holdout_doc_hashes: Digests
     doc_in_holdout: np.ndarray  # [n_docs] bool: each input document's split
 
 
@@ -95,17 +99,19 @@ def choose_holdout(
     train and holdout would make the held-out loss measure memorisation; the ingest stores each document once
     (components.ingest.pipeline), so the whole-document rule also keeps it in one split across drops.
     """
-    uniq, inverse = np.unique(np.asarray(hashes, dtype=str), return_inverse=True)
-    if uniq.size < 2:
+    digests = hashes if isinstance(hashes, Digests) else Digests(hashes)
+    raw, inverse = np.unique(digests.raw, return_inverse=True)  # raw digests sort as their hex strings do
+    uniq = Digests(base=raw)
+    if len(uniq) < 2:
         raise DropTooSmall(
-            f"drop has {int(doc_tokens.sum())} tokens in {uniq.size} distinct document(s); it needs at least two "
+            f"drop has {int(doc_tokens.sum())} tokens in {len(uniq)} distinct document(s); it needs at least two "
             "distinct documents (one for training, one held out)"
         )
     order = np.argsort(hash_fractions(uniq), kind="stable")  # ties (practically never) fall back to hash order
-    group_tokens = np.bincount(inverse, weights=doc_tokens, minlength=uniq.size).astype(np.int64)
+    group_tokens = np.bincount(inverse, weights=doc_tokens, minlength=len(uniq)).astype(np.int64)
     total = int(group_tokens.sum())
     target = holdout_fraction * total
-    held, in_holdout = 0, np.zeros(uniq.size, dtype=bool)
+    held, in_holdout = 0, np.zeros(len(uniq), dtype=bool)
     for g in order[:-1].tolist():  # the hash-last document always trains
         if held >= target:
             break
@@ -115,7 +121,7 @@ def choose_holdout(
     held = _meet_floor(group_tokens, hash_fractions(uniq), in_holdout, held, needed_tokens)
     if held < needed_tokens:
         raise DropTooSmall(
-            f"drop has {total} tokens (one eos per document included) in {uniq.size} distinct documents; "
+            f"drop has {total} tokens (one eos per document included) in {len(uniq)} distinct documents; "
             f"it needs at least {needed_tokens} held-out tokens plus one more document for training, and the "
             f"largest possible holdout gives only {held} held-out tokens"
         )
@@ -161,7 +167,8 @@ class Layout:
             self.lengths[-1] = self.total - (n_rows - 1) * context_length
         # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
         positions = np.arange(n_rows, dtype=np.int64) * context_length
-        self.first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
+        first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
+        self.first = first.astype(np.int32 if len(docs) < 2**31 else np.int64)  # 4 bytes a row, not 8
         self._last: tuple[int, np.ndarray | None] = (-1, None)  # the last document fetched (see `_doc`)
 
     def _doc(self, d: int) -> np.ndarray:
@@ -233,14 +240,15 @@ def split_layouts(
     metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read."""
     if len(doc_lengths) != len(hashes):
         raise ValueError(f"{len(doc_lengths)} documents but {len(hashes)} hashes")
+    hashes = hashes if isinstance(hashes, Digests) else Digests(hashes)
     doc_tokens = np.asarray(doc_lengths, dtype=np.int64) + 1  # + eos
     needed = (min_holdout_sequences - 1) * context_length + 1  # packs into >= min_holdout_sequences rows
     mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
 
-    def layout(idx: np.ndarray) -> tuple[Packed, list[str]]:
+    def layout(idx: np.ndarray) -> tuple[Packed, Digests]:
         lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
         first_doc = idx[lay.first].astype(np.int64) if len(lay.first) else np.empty(0, np.int64)
-        return Packed(LazyRows(lay), lay.lengths, first_doc), [hashes[i] for i in first_doc]
+        return Packed(LazyRows(lay), lay.lengths, first_doc), hashes.take(first_doc)
 
     train, train_hashes = layout(np.flatnonzero(~mask))
     holdout, holdout_hashes = layout(np.flatnonzero(mask))

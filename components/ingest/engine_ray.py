@@ -154,19 +154,21 @@ class RayEngine:
     def scan(self, content: str, tokenize: bool = True) -> Scanned:
         rows, blocks = self._scan_files(parse=True, tokenize=tokenize)
         scan = self._merge(rows)
-        out = Scanned(scan.contents, spilled={} if tokenize else None)
+        out = Scanned(scan.contents, tokenized=tokenize)
+        seen: set[bytes] = set()
         store = self.store  # filled in place: plan_drop may hold it while a re-scan adds the tokens
         if tokenize:
             store.where, store.counts, store.blocks = [], [], blocks
         for row in rows:
             out.n_documents += row["n_documents"]
             out.hashes += row["hashes"]
-            if out.spilled is None:
+            if not tokenize:
                 continue
             offset = 0
             for h, n in zip(row["tok_hashes"], row["tok_lengths"], strict=True):
-                if h not in out.spilled:  # a document repeated across files: its first file's tokens
-                    out.spilled[h] = len(store.counts)
+                raw = bytes.fromhex(h)
+                if raw not in seen:  # a document repeated across files: its first file's tokens
+                    seen.add(raw)
                     store.where.append((row["block"], row["row"], offset))
                     store.counts.append(n)
                 offset += n
@@ -183,7 +185,7 @@ class RayEngine:
         spec = ray_tasks.RowsSpec(
             self.ref.drop_id,
             self.store.lengths()[plan.at],
-            [scanned.hashes[i] for i in plan.keep],
+            scanned.hashes.take(plan.keep),
             (cfg.context_length, tok.eos_id, tok.pad_id, cfg.holdout_fraction, cfg.min_holdout_sequences),
             np.asarray(self.store.where, dtype=np.int64).reshape(-1, 3)[plan.at],
             self.store.blocks,

@@ -8,14 +8,19 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
   * one batch at a time of each stream: the texts being tokenized (TOKEN_COST bytes per byte of text), the rows
     being featurized for the cluster assignment (FEATURE_COST bytes per token) and the rows of a record batch
     being written (ROW_COST bytes per token);
-  * per-document and per-row metadata, which grows with the drop: a document's hash (a 64-character str, its
-    dict entry and list slot) and its spill offsets, ~DOC_COST bytes; a row's length, first document, cluster
-    and the reference to its document's hash (the str is shared, not copied), and their copies while the row
-    digest and the commit run, ~ROW_META_COST bytes. At the default context_length 128 that is ~0.66 MB per MB
-    of text in documents of ~8 kB: a 2,048 MB bound holds the metadata of drops up to ~2 GB of text (~5 GB at
-    context_length 512, where a row holds 4x the text); `check_metadata` refuses a larger drop before it is
-    planned, with that fix. (Keeping it on disk too is the next step if drops grow past that: the per-row
-    doc-hash list holds references to the per-document strings, so the strings themselves are per document.)
+  * per-document and per-row metadata, which grows with the drop (benchmarks/ingest_metadata.py, tracemalloc, a
+    50 MB drop at context_length 128: benchmarks/results/ingest_metadata.md). A document's hash is 32 raw bytes in
+    one numpy array (components.core.digests) beside its spill offsets (~60 bytes kept); the scan's set of the
+    distinct digests (~110 bytes, freed after the scan) and np.unique over the digests while the drop is planned
+    (~115 bytes, transient) put the peak at ~DOC_COST bytes. A row holds its length, its first document (as an
+    index; its hash is an index into the digest array, hex-encoded per record batch) and its cluster (~29 bytes
+    kept), plus the write order while the commit runs: ~ROW_META_COST bytes. The row digest and the commit copy
+    per batch, never the whole drop. At the default context_length 128 that is ~0.34 MB per MB of text in
+    documents of ~8 kB (it was ~0.66 MB with the hashes as Python strs, DOC_COST 250 and ROW_META_COST 80): a
+    2,048 MB bound holds the metadata of drops up to ~3.9 GB of text (~9.5 GB at context_length 512, where a row
+    holds 4x the text; ~2 GB and ~5.2 GB before); `check_metadata` refuses a larger drop before it is planned,
+    with that fix. (What remains grows with the drop: ~40 bytes a row of numpy arrays; keeping them on disk is
+    the next step if drops grow past that.)
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
@@ -39,8 +44,8 @@ MB = 1 << 20
 TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-8 copy, int32 ids, spill bytes
 FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
 ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
-DOC_COST = 250
-ROW_META_COST = 80
+DOC_COST = 200  # bytes per document at the metadata's peak (module docstring; measured ~170)
+ROW_META_COST = 40  # bytes per row (measured ~29 kept + 8 for the write order)
 WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
 WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)
 HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches in flight (+110-145 MB measured)
@@ -48,7 +53,7 @@ MAX_TOKENIZE_BYTES, MIN_TOKENIZE_BYTES = 8 * MB, 256 << 10
 MAX_BATCH_ROWS, MIN_BATCH_ROWS = 4096, 64
 MIN_CHUNK_TOKENS = 1 << 16
 MIN_FIT_ROWS = 2048  # the fit the smallest bound must allow; a drop's own fit is checked when it is planned
-MIN_META_MB = 16  # ... and the metadata of a small drop (~25 MB of text at context_length 128)
+MIN_META_MB = 16  # ... and the metadata of a small drop (~45 MB of text at context_length 128)
 
 
 @dataclass(frozen=True)

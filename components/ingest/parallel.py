@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.core.packing import doc_hash
+from components.core.digests import digest
 from components.core.text import Tokenizer, encode_bytes, load_tokenizer
 from components.ingest.drops import DropRef, LocalSource
 from components.ingest.drops.formats import iter_document_file, parse_manifest
@@ -73,7 +73,7 @@ class FileScan:
     issues: list[DropIssue] = field(default_factory=list)
     manifest: DropManifest | None = None
     n_documents: int = 0
-    hashes: list[str] = field(default_factory=list)  # every non-empty document's hash, in file order
+    hashes: list[bytes] = field(default_factory=list)  # every non-empty document's sha256 digest, in file order
     first: list[int] = field(default_factory=list)  # indices into hashes: the first occurrence of each, tokenized
     offsets: list[int] = field(default_factory=list)  # ... their tokens' place in the part file
     lengths: list[int] = field(default_factory=list)
@@ -110,14 +110,14 @@ def scan_file(root: str, drop_id: str, name: str, part: str | None, job: ScanJob
             out.manifest, out.issues = parse_manifest(raw.read(), drop_id)
         return out
     issues = FileIssues(name)
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     batch: list[str] = []
     pending, at = 0, 0
     for doc in iter_document_file(name, opener, size, job.limit, issues):
         out.n_documents += 1
         if not doc.text:
             continue
-        h = doc_hash(doc.text)
+        h = digest(doc.text)
         out.hashes.append(h)
         if part is None or h in seen or issues:  # a file with issues rejects the drop: no tokens needed
             continue
@@ -216,13 +216,13 @@ def _merge(scanned, result: FileScan, spill: Spill | None, k: int, tokenized) ->
     """Append a file's documents; adopt the tokens of those no earlier file had."""
     scanned.n_documents += result.n_documents
     scanned.hashes += result.hashes
-    if spill is None or scanned.spilled is None or scanned.contents.issues or result.issues:
+    if spill is None or not scanned.tokenized or scanned.contents.issues or result.issues:
         return
     keep = []
     for j, i in enumerate(result.first):
         h = result.hashes[i]
-        if h not in scanned.spilled:
-            scanned.spilled[h] = len(scanned.spilled)
+        if h not in scanned.seen:  # the spill holds first occurrences in drop order (Scanned.spill_index)
+            scanned.seen.add(h)
             keep.append(j)
     if keep:
         spill.adopt(spill.part_path(k), np.asarray(result.offsets)[keep], np.asarray(result.lengths)[keep])

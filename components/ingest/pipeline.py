@@ -202,10 +202,10 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         prior = _prior(mem, ref.drop_id, contents.content_hash)  # another process may have committed it meanwhile
         if prior is not None:
             return prior
-        if plan is None or (mem.version != plan.version and new_documents(mem, hashes) != plan.keep):
+        if plan is None or (mem.version != plan.version and not np.array_equal(new_documents(mem, hashes), plan.keep)):
             plan = engine.plan(mem, scanned, content)  # a drop committed meanwhile
         rec.duplicates = len(hashes) - len(plan.keep)
-        if not plan.keep:
+        if not len(plan.keep):
             return _all_duplicates(mem, rec)
         if plan.too_small:
             rec.error = f"{ref.drop_id}: {plan.too_small}"
@@ -213,7 +213,7 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
                 rec.error += f" ({rec.duplicates} of its {len(hashes)} documents are already in the memory, left out)"
             mem.reject_drop(rec)
             return IngestResult(rec.drop_id, "rejected", rec.error, rec)
-        return _commit(mem, rec, plan, settings, tokenizer, engine, [hashes[i] for i in plan.keep])
+        return _commit(mem, rec, plan, settings, tokenizer, engine, hashes.take(plan.keep))
 
 
 def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, engine, hashes) -> IngestResult:

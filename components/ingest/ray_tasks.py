@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from components.core.config import S3Config
+from components.core.digests import Digests
 from components.core.packing import SplitPacked, doc_hash, split_layouts
 from components.ingest.clustering import label_rows
 from components.ingest.drops import DropScan, open_source
@@ -126,7 +127,7 @@ class RowsSpec:
 
     drop_id: str
     lengths: np.ndarray  # tokens of each stored document (split_layouts input order)
-    hashes: list[str]
+    hashes: Digests  # the stored documents' hashes (components.core.digests)
     layout_args: tuple  # context_length, eos_id, pad_id, holdout_fraction, min_holdout_sequences
     where: np.ndarray  # [n_docs, 3] int64: block, row in the block, token offset in the row
     blocks: list  # ObjectRefs of the scan's blocks (kept alive by this spec)

@@ -13,6 +13,7 @@ at a time, it costs one pass over the drop's tokens and no copy of them all.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 
@@ -67,7 +68,6 @@ def record_batches(
         n = len(part.lengths)
         lo, hi = max(start - offset, 0), min(n if stop is None else stop - offset, n)
         offset += n
-        hashes = np.asarray(hashes, dtype=object)
         for first in range(lo, hi, batch_rows):
             idx = order[first : min(first + batch_rows, hi)]
             flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
@@ -79,7 +79,7 @@ def record_batches(
                     pa.FixedSizeListArray.from_arrays(flat, width),
                     pa.array(part.lengths[idx].astype(np.int32)),
                     pa.array(np.asarray(cluster)[idx].astype(np.int32)),
-                    pa.array(hashes[idx].tolist(), pa.string()),
+                    hashes.take(idx).to_arrow(),  # hex-encoded per batch (components.core.digests)
                 ],
                 schema=schema,
             )
@@ -98,10 +98,14 @@ def packed_digest(
         key=lambda p: p[0],
     )
     n = sum(len(p[1].lengths) for p in parts)
-    columns = {
-        "drop_id": [[drop_id] * n],
-        "split": [[split] * len(part.lengths) for split, part, _, _ in parts],
-        "position": [np.arange(len(part.lengths)) for _, part, _, _ in parts],
+    columns = {  # every per-row column a block at a time (repeats, ranges): no whole-drop copy
+        "drop_id": [itertools.repeat(drop_id, n)],
+        "split": [itertools.repeat(split, len(part.lengths)) for split, part, _, _ in parts],
+        "position": (
+            np.arange(start, min(start + batch_rows, len(part.lengths)))
+            for _, part, _, _ in parts
+            for start in range(0, len(part.lengths), batch_rows)
+        ),
         "length": [part.lengths for _, part, _, _ in parts],
         "cluster": [cluster for _, _, cluster, _ in parts],
         "doc_hash": [hashes for _, _, _, hashes in parts],

@@ -5,7 +5,10 @@ group by row group), hashes each document and tokenizes the first occurrence of 
 TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small ingest.max_memory_mb:
 components.ingest.limits), appending the tokens to the spill (components.ingest.spill). With ingest.workers > 1 a
 local drop's files are scanned by worker processes instead, with the same result (components.ingest.parallel).
-No text is kept: memory holds the documents' hashes, the spill's offsets and one batch, whatever the drop's size.
+No text is kept: memory holds the documents' hashes (32-byte digests in one numpy array, components.core.digests),
+the spill's offsets and one batch; during the scan also a set of the distinct digests seen (to tokenize each once).
+A document's spill index is the rank of its first occurrence among the drop's distinct documents, so no map from
+hash to spill index is kept: `Scanned.spill_index` recomputes it with np.unique when the drop is planned.
 The plan (deduplication, split, every row's place) is decided from that metadata
 (components.core.packing.split_layouts); rows are built from the spill only when hashed, clustered and written.
 
@@ -24,7 +27,8 @@ import numpy as np
 
 from components.adapters.memory import Memory
 from components.core.config import Settings
-from components.core.packing import DropTooSmall, SplitPacked, doc_hash, split_layouts
+from components.core.digests import Digests, digest
+from components.core.packing import DropTooSmall, SplitPacked, split_layouts
 from components.core.text import Tokenizer
 from components.ingest.clustering import assign_clusters
 from components.ingest.drops import DropContents, DropRef, DropScan, DropSource, LocalSource, content_hash
@@ -34,14 +38,23 @@ from components.ingest.spill import Spill
 
 TOKENIZE_DOCS = 256
 TOKENIZE_BYTES = 8 << 20
+KNOWN_CHUNK = 1 << 17  # distinct hashes per memory lookup: bounds the hex strings a lookup holds (~20 MB)
 
 
 @dataclass
 class Scanned:
     contents: DropContents  # issues, manifest, content hash; `documents` stays empty
     n_documents: int = 0  # every document read, empty ones included
-    hashes: list[str] = field(default_factory=list)  # every non-empty document's hash, in drop order
-    spilled: dict[str, int] | None = None  # hash -> spill index of its first occurrence; None: not tokenized
+    hashes: Digests = field(default_factory=Digests)  # every non-empty document's hash, in drop order
+    tokenized: bool = False  # each distinct document is in the spill, in the order of first occurrence
+    seen: set[bytes] | None = None  # while scanning only: the digests already tokenized
+
+    def spill_index(self, docs: np.ndarray) -> np.ndarray:
+        """The spill index of each of `docs` (first occurrences, indices into `hashes`): its rank among the first
+        occurrences of the drop's distinct hashes, the order every engine's scan tokenizes them in."""
+        _, first = np.unique(self.hashes.raw, return_index=True)
+        first.sort()
+        return np.searchsorted(first, np.asarray(docs, dtype=np.int64))
 
 
 def scan_drop(
@@ -62,13 +75,15 @@ def scan_drop(
     batch_bytes = TOKENIZE_BYTES if limits is None else limits.tokenize_bytes
     if limits is not None and limits.workers > 1 and isinstance(source, LocalSource):
         job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes, TOKENIZE_DOCS)
-        scanned = Scanned(
-            DropContents(ref.drop_id, [], content_hash({}), 0, None), spilled=None if spill is None else {}
-        )
-        if scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned):
+        scanned = Scanned(DropContents(ref.drop_id, [], content_hash({}), 0, None), tokenized=spill is not None)
+        scanned.seen = set()
+        done = scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned)
+        scanned.seen = None
+        if done:
             return scanned
     scan = DropScan(source, ref.drop_id, settings.ingest.max_document_bytes, bars.counter(f"read {ref.drop_id}", None))
-    out = Scanned(scan.contents, spilled=None if spill is None else {})
+    out = Scanned(scan.contents, tokenized=spill is not None)
+    seen: set[bytes] = set()
     advance = bars.counter(f"tokenize {ref.drop_id}", None)
     batch: list[str] = []
     size = 0
@@ -76,11 +91,11 @@ def scan_drop(
         out.n_documents += 1
         if not doc.text:  # an empty document would pack as a lone separator
             continue
-        h = doc_hash(doc.text)
+        h = digest(doc.text)
         out.hashes.append(h)
-        if out.spilled is None or h in out.spilled or scan.contents.issues:  # a drop with issues is rejected
+        if spill is None or h in seen or scan.contents.issues:  # a drop with issues is rejected
             continue
-        out.spilled[h] = len(out.spilled)
+        seen.add(h)
         batch.append(doc.text)
         size += len(doc.text)
         if len(batch) >= TOKENIZE_DOCS or size >= batch_bytes:
@@ -98,22 +113,26 @@ class Plan:
     """What one drop will write, decided against the memory at `version`."""
 
     version: int
-    keep: list[int]  # indices (into Scanned.hashes) of the documents to store
+    keep: np.ndarray  # indices (into Scanned.hashes) of the documents to store, ascending
     packed: SplitPacked | None = None
     clusters: tuple[np.ndarray, np.ndarray] | None = None
     too_small: str = ""
     at: np.ndarray | None = None  # token-store index of each stored document (split_layouts input order)
 
 
-def new_documents(memory: Memory, hashes: list[str]) -> list[int]:
-    """Indices of the documents to store: the first of each hash that no live drop stored yet."""
-    known = memory.known_documents(hashes)
-    keep, seen = [], set()
-    for i, h in enumerate(hashes):
-        if h not in known and h not in seen:
-            seen.add(h)
-            keep.append(i)
-    return keep
+def new_documents(memory: Memory, hashes: Digests) -> np.ndarray:
+    """Indices of the documents to store, ascending: the first of each hash that no live drop stored yet.
+
+    The memory is asked about the distinct hashes KNOWN_CHUNK at a time, so the hex strings a lookup needs are
+    bounded whatever the drop's size."""
+    raw, first = np.unique(hashes.raw, return_index=True)
+    new = np.ones(len(raw), dtype=bool)
+    unique = Digests(base=raw)
+    for start in range(0, len(raw), KNOWN_CHUNK):
+        wanted = [v.decode() for v in unique.hex(start, start + KNOWN_CHUNK)]
+        known = memory.known_documents(wanted)
+        new[start : start + len(wanted)] = [h not in known for h in wanted]
+    return np.sort(first[new]).astype(np.int64)
 
 
 def unchanged(scanned: Scanned, content: str, drop_id: str) -> Scanned:
@@ -144,12 +163,12 @@ def plan_drop(
     """
     cfg = settings.ingest
     plan = Plan(memory.version, new_documents(memory, scanned.hashes))
-    if not plan.keep:
+    if not len(plan.keep):
         return plan
-    if scanned.spilled is None:
-        scanned.spilled = rescan().spilled
-    keep_hashes = [scanned.hashes[i] for i in plan.keep]
-    at = plan.at = np.array([scanned.spilled[h] for h in keep_hashes], dtype=np.int64)
+    if not scanned.tokenized:
+        scanned.tokenized = rescan().tokenized
+    keep_hashes = scanned.hashes.take(plan.keep)
+    at = plan.at = scanned.spill_index(plan.keep)
     lengths = spill.lengths()[at]
     if limits is not None:
         n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows

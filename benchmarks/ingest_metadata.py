@@ -1,0 +1,94 @@
+"""Bytes of per-document and per-row metadata an ingest holds, measured with tracemalloc (not in CI).
+
+    PYTHONPATH=<checkout> python benchmarks/ingest_metadata.py [--mb 50] [--context-length 128] [--label after]
+
+Writes a drop of real text (benchmarks/scale_ingest.py `write_drop`: distinct 2-16 kB documents), then runs the
+local engine's steps one by one, under tracemalloc (numpy's buffers are traced too), in a fresh memory:
+  scan    `LocalEngine.scan` (tokenize into the spill): what it keeps per document, and its peak above that;
+  plan    `plan_drop` without clustering (labels: int32 zeros, as `assign_clusters` returns), so the k-means fit,
+          a fixed cost, is left out: what the plan keeps per row, and its peak (the memory lookup, the split);
+  digest  `packed_digest`, and `commit` (every `record_batches` batch built and dropped, nothing written): their
+          peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop).
+Run it with PYTHONPATH at two checkouts (before and after a change): it uses only interfaces both share.
+Appends one JSON line to benchmarks/results/ingest_metadata.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scale_ingest import DROP, write_drop  # noqa: E402
+
+from components.adapters.memory import Memory  # noqa: E402
+from components.adapters.records import sequences_schema  # noqa: E402
+from components.core.config import load_settings  # noqa: E402
+from components.core.text import load_tokenizer  # noqa: E402
+from components.ingest.drops import open_source  # noqa: E402
+from components.ingest.engine_local import LocalEngine  # noqa: E402
+from components.ingest.pipeline import Bars, memory_meta  # noqa: E402
+from components.ingest.rows import packed_digest, record_batches  # noqa: E402
+from components.ingest.scan import plan_drop  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--context-length", type=int, default=128)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--work", default="/tmp/amr-ingest-metadata")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest_metadata.jsonl"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    write_drop(work / "drops", args.mb)
+    s = load_settings(None, **{"ingest.tokenizer": "byte", "ingest.context_length": args.context_length})
+    s.home = work / "home"
+    memory, tok = Memory.open(s), load_tokenizer("byte")
+    source = open_source(str(work / "drops"), s.s3)
+    ref = next(r for r in source.list_drops() if r.drop_id == DROP)
+    out: dict = {"label": args.label, "mb": args.mb, "context_length": args.context_length}
+    t0 = time.process_time()
+    with Bars(False) as bars, LocalEngine(source, ref, s, tok, bars, None) as engine:
+        content = engine.content_hash()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        scanned = engine.scan(content)
+        kept, peak = tracemalloc.get_traced_memory()
+        n_docs = len(scanned.hashes)
+        out |= {"documents": n_docs, "scan_kept_per_doc": (kept - base) / n_docs, "scan_peak_mb": (peak - base) / 2**20}
+        tracemalloc.reset_peak()
+        plan = plan_drop(memory, scanned, s, tok, engine.spill, lambda: engine.scan(content), cluster=False)
+        packed = plan.packed
+        clusters = (np.zeros(len(packed.train.lengths), np.int32), np.zeros(len(packed.holdout.lengths), np.int32))
+        after, peak = tracemalloc.get_traced_memory()
+        n_rows = len(packed.train.lengths) + len(packed.holdout.lengths)
+        out |= {"rows": n_rows, "plan_kept_per_row": (after - kept) / n_rows, "plan_peak_mb": (peak - kept) / 2**20}
+        tracemalloc.reset_peak()
+        out["rows_hash"] = packed_digest(DROP, packed, clusters)
+        out["digest_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
+        tracemalloc.reset_peak()
+        schema = sequences_schema(memory_meta(s, tok, {}))
+        for _ in record_batches(DROP, packed, clusters, schema, lambda n: None):
+            pass
+        out["commit_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
+        tracemalloc.stop()
+    out["cpu_s"] = round(time.process_time() - t0, 1)
+    out["load_1m"] = os.getloadavg()[0]
+    print(json.dumps(out))
+    with open(args.out, "a") as f:
+        f.write(json.dumps(out) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Document hashes as one numpy array of raw sha256 digests (32 bytes each), hex-encoded only where a value is used.
+
+A drop's per-document and per-row metadata grows with the drop (components.ingest.limits). As Python objects a hash
+costs ~190 bytes (a 64-character str, its list slot, a dict entry); here it costs 32 bytes in a numpy 'S32' array,
+and a row's "hash of its first document" costs the 8 bytes of an index into that array. Values are hex-encoded a
+block at a time (`hex`, `to_arrow`, iteration), so writing a column or a digest never copies the whole drop as
+strings. Sorting the raw digests orders them as their lowercase hex strings do, so `np.unique` on the array gives
+the same order (and the same first occurrences) as sorting the hex strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+_HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
+BLOCK = 4096  # values hex-encoded at a time while iterating
+
+
+def digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def hex_array(raw: np.ndarray) -> np.ndarray:
+    """'S32' digests -> 'S64' lowercase hex, vectorized (no Python object per value)."""
+    raw = np.ascontiguousarray(raw, dtype="S32")
+    return _HEX[raw.view(np.uint8).reshape(-1, 32)].view("S64").reshape(-1)
+
+
+class Digests:
+    """A growable sequence of sha256 digests that reads as hex strings: `d[i]` is a str, `d[array]` a Digests.
+
+    `raw` is the 'S32' array; a Digests taken by an index array (`take`) shares its base and holds only the int64
+    indices, so per-row hashes cost 8 bytes a row.
+    """
+
+    def __init__(self, values: Iterable[str | bytes] = (), base: np.ndarray | None = None, idx=None) -> None:
+        self._base = np.empty(0, dtype="S32") if base is None else base
+        self._n = len(self._base) if base is not None and idx is None else 0
+        self._idx = None if idx is None else np.asarray(idx, dtype=np.int64)
+        self.extend(values)
+
+    @staticmethod
+    def _raw(value: str | bytes) -> bytes:
+        return value if isinstance(value, bytes) else bytes.fromhex(value)
+
+    def append(self, value: str | bytes) -> None:
+        if self._idx is not None:
+            raise TypeError("a Digests taken by index is read-only")
+        if self._n == len(self._base):
+            grown = np.empty(max(1024, 2 * self._n), dtype="S32")
+            grown[: self._n] = self._base[: self._n]
+            self._base = grown
+        self._base[self._n] = self._raw(value)
+        self._n += 1
+
+    def extend(self, values: Iterable[str | bytes]) -> None:
+        if isinstance(values, Digests):
+            values = values.raw
+        for value in values:
+            self.append(value)
+
+    def __iadd__(self, values: Iterable[str | bytes]) -> Digests:
+        self.extend(values)
+        return self
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The digests as an 'S32' array (a view for a growable Digests, a gathered copy for a taken one)."""
+        return self._base[: self._n] if self._idx is None else self._base[self._idx]
+
+    def __len__(self) -> int:
+        return self._n if self._idx is None else len(self._idx)
+
+    def take(self, idx) -> Digests:
+        idx = np.asarray(idx, dtype=np.int64)
+        return Digests(base=self._base, idx=idx if self._idx is None else self._idx[idx])
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (len(self) if index < 0 else 0)
+            return (self._base[i] if self._idx is None else self._base[self._idx[i]]).hex()
+        if isinstance(index, slice):
+            return self.take(np.arange(len(self))[index])
+        return self.take(index)
+
+    def hex(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Values [start, stop) as an 'S64' hex array."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        part = self._base[start:stop] if self._idx is None else self._base[self._idx[start:stop]]
+        return hex_array(part)
+
+    def to_arrow(self) -> pa.Array:
+        """The values as an Arrow string array (built from the hex bytes, no Python str per value)."""
+        return pa.array(self.hex(), pa.binary(64)).cast(pa.string())
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), BLOCK):
+            yield from (v.decode() for v in self.hex(start, start + BLOCK))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Digests):
+            return bool(np.array_equal(self.raw, other.raw))
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def fractions(self) -> np.ndarray:
+        """The first 52 bits of each digest as a float in [0, 1): `int(hex[:13], 16) / 16**13`, vectorized."""
+        top = self.raw.view(np.uint8).reshape(-1, 32)[:, :8].copy().view(">u8").reshape(-1)
+        return (top >> np.uint64(12)).astype(np.float64) / float(16**13)
