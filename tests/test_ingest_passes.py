@@ -141,3 +141,17 @@ def test_a_text_file_over_the_limit_is_still_scanned_for_nul_bytes(tmp_path):
         (501, "binary data (a NUL byte), not text"),
     ]
     assert contents.content_hash == expected_hash({"notes.txt": data})
+
+
+def test_a_first_line_past_the_kept_head_opens_the_file_again_with_the_same_result(tmp_path):
+    """Format detection by content keeps what it read for the parse; past `keep_bytes` (here 3 MB of blank lines
+    before the first JSON line) the file is opened again instead: one more read, the same documents and hash."""
+    data = b"\n" * 3_000_000 + jsonl(["after the blank lines", "and one more"])
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "part-00000").write_bytes(data)
+    contents = read_drop(LocalSource(tmp_path), "d1", 100)
+    assert [(d.text, d.line) for d in contents.documents] == [
+        ("after the blank lines", 3_000_001),
+        ("and one more", 3_000_002),
+    ]
+    assert not contents.issues and contents.content_hash == expected_hash({"part-00000": data})

@@ -62,10 +62,15 @@ class ScanStream(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(CHUNK), b""))
+        out = b""
         head = self._head
-        if head is not None and self._pos < len(head):
-            data = bytes(head[self._pos : self._pos + n])
-        elif self._pos < self._done:  # behind the hashed bytes: read the underlying file directly
+        if head is not None and self._pos < len(head):  # the kept head first, then the file
+            out = bytes(head[self._pos : self._pos + n])
+            self._pos += len(out)
+            n -= len(out)
+            if n == 0:
+                return out
+        if self._pos < self._done:  # behind the hashed bytes: read the underlying file directly
             self._raw.seek(self._pos)
             data = self._raw.read(n)
             self._raw.seek(self._done)
@@ -74,7 +79,7 @@ class ScanStream(io.RawIOBase):
                 pass  # a gap (parquet skips columns): read and hash it
             data = self._take(n)
         self._pos += len(data)
-        return data
+        return out + data
 
     def readline(self, limit: int = -1) -> bytes:
         limit = -1 if limit is None else limit
