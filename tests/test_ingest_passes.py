@@ -54,6 +54,7 @@ class CountingFile(io.FileIO):
 
 def assert_at_most_two_passes(files: dict[str, bytes], counts: Counter) -> None:
     for name, data in files.items():
+        print(f"{name}: {len(data):,} bytes, read {counts[name] / len(data):.3f}x")  # shown with pytest -s
         slack = FOOTER_SLACK if name.endswith(".parquet") else 0
         assert len(data) <= counts[name] <= 2 * len(data) + slack, (name, counts[name], len(data))
 

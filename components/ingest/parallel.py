@@ -39,7 +39,7 @@ import numpy as np
 from components.core.packing import doc_hash
 from components.core.text import Tokenizer, encode_bytes, load_tokenizer
 from components.ingest.drops import DropRef, LocalSource
-from components.ingest.drops.formats import iter_document_file, keep_bytes, parse_manifest
+from components.ingest.drops.formats import iter_document_file, parse_manifest
 from components.ingest.drops.model import (
     MANIFEST,
     READY,
@@ -49,7 +49,7 @@ from components.ingest.drops.model import (
     is_drop_id,
 )
 from components.ingest.drops.reader import _open, content_hash, file_kind
-from components.ingest.drops.stream import ScanStream
+from components.ingest.drops.stream import ScanStream, keep_bytes
 from components.ingest.spill import Spill, write_part
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this a drop scans in process: starting workers (~3 s each) costs more

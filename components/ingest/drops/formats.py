@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -14,7 +13,6 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from components.ingest.drops.codecs import (
-    CHUNK,
     DECOMPRESS_ERRORS,
     ZSTD_MAGIC,
     codec_of,
@@ -23,7 +21,7 @@ from components.ingest.drops.codecs import (
     lines,
 )
 from components.ingest.drops.model import MANIFEST, MAX_ISSUES_PER_FILE, Document, DropManifest, FileIssues
-from components.ingest.drops.stream import ScanStream
+from components.ingest.drops.stream import ScanStream, in_memory
 
 BOM = b"\xef\xbb\xbf"
 FIX_JSONL = 'make each line one JSON object with a string field "text"'
@@ -56,18 +54,9 @@ PARQUET_BATCH = 1024
 def parse_document_file(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     """JSON lines, parquet or one text document, gzip/zstd-compressed or not (components.ingest.drops.codecs)."""
     issues = FileIssues(name)
-    stream = _in_memory(data, max_document_bytes)
+    stream = in_memory(data, max_document_bytes)
     documents = list(iter_document_file(name, stream, max_document_bytes, issues))
     return documents, issues
-
-
-def _in_memory(data: bytes, limit: int) -> ScanStream:
-    return ScanStream(lambda: io.BytesIO(data), len(data), keep_bytes(limit))
-
-
-def keep_bytes(limit: int) -> int:
-    """How much of a file's head a ScanStream keeps for format detection: a first line at the size limit."""
-    return limit + 2 * CHUNK
 
 
 def iter_document_file(name: str, stream: ScanStream, limit: int, issues: FileIssues) -> Iterator[Document]:
@@ -114,7 +103,7 @@ def _nul_line(raw: ScanStream) -> int | None:
 
 def parse_jsonl(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     issues = FileIssues(name)
-    stream = _in_memory(data, max_document_bytes)
+    stream = in_memory(data, max_document_bytes)
     documents = list(_plain_jsonl(name, stream.rewound, len(data), max_document_bytes, issues))
     return documents, issues
 
@@ -259,7 +248,7 @@ def _compressed_text(name: str, stream: BinaryIO, max_document_bytes: int, codec
 
 def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     issues = FileIssues(name)
-    stream = _in_memory(data, max_document_bytes)
+    stream = in_memory(data, max_document_bytes)
     documents = list(_parquet_rows(name, stream.rewound, len(data), max_document_bytes, issues))
     return documents, issues
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from components.core.ids import FIX_DROP_ID, drop_id_problem
-from components.ingest.drops.formats import iter_document_file, keep_bytes, parse_manifest
+from components.ingest.drops.formats import iter_document_file, parse_manifest
 from components.ingest.drops.model import (
     FIX_ESCAPE,
     MANIFEST,
@@ -21,7 +21,7 @@ from components.ingest.drops.model import (
     unsafe_name_reason,
 )
 from components.ingest.drops.sources import DropSource, UnsafeNameError
-from components.ingest.drops.stream import ScanStream
+from components.ingest.drops.stream import ScanStream, keep_bytes
 
 HASH_CHUNK = 1 << 20
 Opener = Callable[[], BinaryIO]  # a source's: opens the file afresh, at its first byte

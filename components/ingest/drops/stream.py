@@ -26,6 +26,16 @@ from typing import BinaryIO
 CHUNK = 1 << 20
 
 
+def keep_bytes(limit: int) -> int:
+    """How much of a file's head a ScanStream keeps for format detection: a first line at the size limit."""
+    return limit + 2 * CHUNK
+
+
+def in_memory(data: bytes, limit: int) -> ScanStream:
+    """A ScanStream over bytes already in memory (the `parse_*(name, data, ...)` functions)."""
+    return ScanStream(lambda: io.BytesIO(data), len(data), keep_bytes(limit))
+
+
 class ScanStream(io.RawIOBase):
     """A file read in order once: hashed, NUL-scanned, its detected head replayable (see the module docstring)."""
 
