@@ -48,7 +48,8 @@ from components.ingest.drops.model import (
     FileIssues,
     is_drop_id,
 )
-from components.ingest.drops.reader import _open, _sha256, content_hash, file_kind
+from components.ingest.drops.reader import _open, content_hash, file_kind
+from components.ingest.drops.stream import ScanStream, keep_bytes
 from components.ingest.spill import Spill, write_part
 
 PARALLEL_MIN_BYTES = 16 << 20  # below this a drop scans in process: starting workers (~3 s each) costs more
@@ -104,16 +105,23 @@ def _init_worker(spec: str, identity_sha: str, threads: int, byte_offset: int | 
 def scan_file(root: str, drop_id: str, name: str, part: str | None, job: ScanJob) -> FileScan:
     """Read, check and hash one file; with a `part` path, tokenize each document first seen here into it."""
     opener, size = LocalSource(root).opener(drop_id, name)
-    out = FileScan(_sha256(opener))
-    if name == MANIFEST:
-        with opener() as raw:
-            out.manifest, out.issues = parse_manifest(raw.read(), drop_id)
-        return out
+    with ScanStream(opener, size, keep_bytes(job.limit)) as stream:  # read once: hashed as it is parsed
+        if name == MANIFEST:
+            out = FileScan("")
+            out.manifest, out.issues = parse_manifest(stream.read(), drop_id)
+        else:
+            out = _scan_documents(name, stream, part, job)
+        out.digest = stream.finish()
+    return out
+
+
+def _scan_documents(name: str, stream: ScanStream, part: str | None, job: ScanJob) -> FileScan:
+    out = FileScan("")
     issues = FileIssues(name)
     seen: set[bytes] = set()
     batch: list[str] = []
     pending, at = 0, 0
-    for doc in iter_document_file(name, opener, size, job.limit, issues):
+    for doc in iter_document_file(name, stream, job.limit, issues):
         out.n_documents += 1
         if not doc.text:
             continue

@@ -1,10 +1,11 @@
 """One drop scanned as a stream into metadata plus a token spill, and the plan of what its commit writes.
 
-The scan reads the drop file by file (components.ingest.drops.DropScan: hashed, then parsed line by line or row
-group by row group), hashes each document and tokenizes the first occurrence of each hash in batches of at most
-TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small ingest.max_memory_mb:
-components.ingest.limits), appending the tokens to the spill (components.ingest.spill). With ingest.workers > 1 a
-local drop's files are scanned by worker processes instead, with the same result (components.ingest.parallel).
+The scan reads the drop file by file (components.ingest.drops.DropScan: one pass per file, parsed line by line or
+row group by row group and hashed as it streams), hashes each document and tokenizes the first occurrence of each
+hash in batches of at most TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small
+ingest.max_memory_mb: components.ingest.limits), appending the tokens to the spill (components.ingest.spill).
+With ingest.workers > 1 a local drop's files are scanned by worker processes instead, with the same result
+(components.ingest.parallel).
 No text is kept: memory holds the documents' hashes (32-byte digests in one numpy array, components.core.digests),
 the spill's offsets and one batch; during the scan also a set of the distinct digests seen (to tokenize each once).
 A document's spill index is the rank of its first occurrence among the drop's distinct documents, so no map from

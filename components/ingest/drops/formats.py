@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from components.ingest.drops.codecs import (
-    CHUNK,
     DECOMPRESS_ERRORS,
     ZSTD_MAGIC,
     codec_of,
@@ -22,6 +21,7 @@ from components.ingest.drops.codecs import (
     lines,
 )
 from components.ingest.drops.model import MANIFEST, MAX_ISSUES_PER_FILE, Document, DropManifest, FileIssues
+from components.ingest.drops.stream import ScanStream, in_memory
 
 BOM = b"\xef\xbb\xbf"
 FIX_JSONL = 'make each line one JSON object with a string field "text"'
@@ -47,30 +47,34 @@ JSON_TYPES = {
 }
 
 Parsed = tuple[list[Document], FileIssues]
-Opener = Callable[[], BinaryIO]  # opens the file afresh, at its first byte
+Opener = Callable[[], AbstractContextManager[ScanStream]]  # the file again, at its first byte
 PARQUET_BATCH = 1024
 
 
 def parse_document_file(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     """JSON lines, parquet or one text document, gzip/zstd-compressed or not (components.ingest.drops.codecs)."""
     issues = FileIssues(name)
-    documents = list(iter_document_file(name, lambda: io.BytesIO(data), len(data), max_document_bytes, issues))
+    stream = in_memory(data, max_document_bytes)
+    documents = list(iter_document_file(name, stream, max_document_bytes, issues))
     return documents, issues
 
 
-def iter_document_file(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
-    """The documents of the file `opener()` opens (`size` bytes), as a stream; its problems go to `issues`.
+def iter_document_file(name: str, stream: ScanStream, limit: int, issues: FileIssues) -> Iterator[Document]:
+    """The documents of the file `stream` reads (components.ingest.drops.stream), as a stream; its problems go to
+    `issues`. The caller's `stream.finish()` afterwards gives the file's sha256.
 
     Memory is bounded whatever the file's size: JSON lines are parsed a line at a time, parquet a batch of rows at
     a time, compressed data is decompressed as it is read; only a plain-text document (at most
-    `max_document_bytes`) is held whole. The file may be opened a few times (magic bytes, first line, NUL scan).
+    `max_document_bytes`) is held whole. The file is read once: the bytes format detection reads (magic bytes,
+    first line) are replayed to the parser, and the NUL check of plain files runs on the bytes as they are parsed.
     """
-    with opener() as raw:
-        codec = codec_of(raw.read(len(ZSTD_MAGIC)))
+    codec = codec_of(stream.read(len(ZSTD_MAGIC)))
+    opener = stream.rewound
     kind = format_of(name, opener, codec, limit)
+    stream.stop_keeping()
     if codec is None:
         parser = {"jsonl": _plain_jsonl, "parquet": _parquet_rows}.get(kind, _text_file)
-        yield from parser(name, opener, size, limit, issues)
+        yield from parser(name, opener, stream.size, limit, issues)
     elif kind == "parquet":
         issues.add(None, f"{codec}-compressed parquet file", FIX_COMPRESSED_PARQUET)
     elif kind == "jsonl":
@@ -91,39 +95,43 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def _nul_line(opener: Opener) -> int | None:
-    """The 1-based line of the file's first NUL byte, None if it has none; read in chunks."""
-    line = 1
-    with opener() as raw:
-        while chunk := raw.read(CHUNK):
-            if (at := chunk.find(b"\0")) >= 0:
-                return line + chunk.count(b"\n", 0, at)
-            line += chunk.count(b"\n")
-    return None
+def _nul_line(raw: ScanStream) -> int | None:
+    """The 1-based line of the file's first NUL byte, None if it has none: the rest of the file is read for it."""
+    raw.finish()
+    return raw.nul_line
 
 
 def parse_jsonl(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     issues = FileIssues(name)
-    documents = list(_plain_jsonl(name, lambda: io.BytesIO(data), len(data), max_document_bytes, issues))
+    stream = in_memory(data, max_document_bytes)
+    documents = list(_plain_jsonl(name, stream.rewound, len(data), max_document_bytes, issues))
     return documents, issues
 
 
 def _plain_jsonl(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
+    """A binary file named .jsonl is one issue, not one per line: the stream's NUL scan stops the parse at the line
+    holding the first NUL, and then that issue replaces the file's others (documents before it were yielded, but
+    a drop with issues is quarantined whole, so none of them is stored)."""
     if size == 0:
         issues.add(None, "empty file", FIX_EMPTY)
         return
-    if (nul := _nul_line(opener)) is not None:  # binary data named .jsonl: one issue, not one per line
-        issues.add(nul, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
-        return
     with opener() as raw:
-        yield from _jsonl_lines(name, raw, limit, None, issues)
+        yield from _jsonl_lines(name, raw, limit, None, issues, raw)
+        if (nul := _nul_line(raw)) is not None:
+            issues.clear()
+            issues.add(nul, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
 
 
-def _jsonl_lines(name: str, stream: BinaryIO, limit: int, codec: str | None, issues: FileIssues) -> Iterator[Document]:
-    """Parse JSON lines as they stream out of `stream` (decompressed, for a compressed file)."""
+def _jsonl_lines(
+    name: str, stream: BinaryIO, limit: int, codec: str | None, issues: FileIssues, plain: ScanStream | None = None
+) -> Iterator[Document]:
+    """Parse JSON lines as they stream out of `stream` (decompressed, for a compressed file); a `plain` file stops
+    at the line holding its first NUL byte."""
     seen, number = False, 0
     try:
         for number, raw, size in lines(stream, limit):
+            if plain is not None and plain.nul_line is not None:
+                return
             if number == 1 and raw is not None:
                 raw = raw.removeprefix(BOM)
             if raw is not None and not raw.strip():
@@ -134,7 +142,7 @@ def _jsonl_lines(name: str, stream: BinaryIO, limit: int, codec: str | None, iss
                 break
             if raw is None:  # measured before parsing, so a huge line costs no JSON work
                 issues.add(number, _too_big(size, limit, "the line"), FIX_SIZE)
-            elif b"\0" in raw:  # only possible in decompressed data; a plain file was scanned first
+            elif b"\0" in raw:  # only possible in decompressed data; a plain file stopped above
                 issues.add(number, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
                 break
             elif (text := _jsonl_text(raw, number, issues)) is not None:
@@ -212,8 +220,9 @@ def _text_file(name: str, opener: Opener, size: int, limit: int, issues: FileIss
     """One plain-text document; a file over the limit is never read whole (only scanned for NUL bytes)."""
     if size > limit:
         issues.add(None, _too_big(size, limit, "the file"), FIX_SIZE)
-        if (nul := _nul_line(opener)) is not None:
-            issues.add(nul, "binary data (a NUL byte), not text", FIX_BINARY)
+        with opener() as raw:
+            if (nul := _nul_line(raw)) is not None:
+                issues.add(nul, "binary data (a NUL byte), not text", FIX_BINARY)
         return
     with opener() as raw:
         documents, found = parse_text(name, raw.read(), limit)
@@ -239,7 +248,8 @@ def _compressed_text(name: str, stream: BinaryIO, max_document_bytes: int, codec
 
 def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
     issues = FileIssues(name)
-    documents = list(_parquet_rows(name, lambda: io.BytesIO(data), len(data), max_document_bytes, issues))
+    stream = in_memory(data, max_document_bytes)
+    documents = list(_parquet_rows(name, stream.rewound, len(data), max_document_bytes, issues))
     return documents, issues
 
 
@@ -249,8 +259,10 @@ def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: File
         issues.add(None, "empty file", FIX_EMPTY)
         return
     with opener() as raw:
-        try:
-            parquet = pq.ParquetFile(raw)
+        try:  # the footer from a side read, so the column chunks stream through `raw` in file order
+            with raw.side() as side:
+                metadata = pq.read_metadata(side)
+            parquet = pq.ParquetFile(raw, metadata=metadata)
             names = parquet.schema_arrow.names
             if "text" not in names:
                 shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")

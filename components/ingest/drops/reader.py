@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import BinaryIO
 
 from components.core.ids import FIX_DROP_ID, drop_id_problem
-from components.ingest.drops.formats import Opener, iter_document_file, parse_manifest
+from components.ingest.drops.formats import iter_document_file, parse_manifest
 from components.ingest.drops.model import (
     FIX_ESCAPE,
     MANIFEST,
@@ -20,8 +21,10 @@ from components.ingest.drops.model import (
     unsafe_name_reason,
 )
 from components.ingest.drops.sources import DropSource, UnsafeNameError
+from components.ingest.drops.stream import ScanStream, keep_bytes
 
 HASH_CHUNK = 1 << 20
+Opener = Callable[[], BinaryIO]  # a source's: opens the file afresh, at its first byte
 
 
 def file_kind(name: str) -> str:
@@ -59,9 +62,9 @@ class DropScan:
     """One drop read as a stream: `documents()` yields them file by file; `contents` (issues, manifest, content
     hash; `documents` left empty) is complete once the iterator is exhausted.
 
-    Each file is hashed in a sequential pass of its own and then parsed as a stream, so no file is ever held whole
-    (a plain-text document, at most max_document_bytes, aside). With `parse=False` only the content hash is
-    computed: what ingest needs to know whether it saw this content before.
+    Each file is read once, hashed as it is parsed (components.ingest.drops.stream), so no file is ever held whole
+    (a plain-text document, at most max_document_bytes, aside) or downloaded twice by the scan. With `parse=False`
+    only the content hash is computed: what ingest needs to know whether it saw this content before.
     """
 
     def __init__(self, source: DropSource, drop_id: str, limit: int, progress=None, parse: bool = True) -> None:
@@ -80,7 +83,7 @@ class DropScan:
         self.finish()
 
     def file_documents(self, name: str) -> Iterator[Document]:
-        """One file of the drop: hashed into `digests`, its issues (and the manifest) into `contents`. The Ray
+        """One file of the drop: hashed into `digests` once read, its issues (and the manifest) into `contents`. The Ray
         engine (components.ingest.engine_ray) runs this per file on its workers and merges them with `finish`."""
         contents = self.contents
         kind = file_kind(name)
@@ -89,17 +92,18 @@ class DropScan:
         if kind in (READY, "ignored") or (opened := _open(self.source, self.drop_id, name, contents.issues)) is None:
             return
         opener, size = opened
-        self.digests[name] = _sha256(opener)
         self.progress(size)
         contents.n_bytes += size
         if not self.parse:
+            self.digests[name] = _sha256(opener)
             return
-        if kind == MANIFEST:
-            with opener() as raw:
-                contents.manifest, issues = parse_manifest(raw.read(), self.drop_id)
-        else:
-            issues = FileIssues(name)
-            yield from iter_document_file(name, opener, size, self.limit, issues)
+        with ScanStream(opener, size, keep_bytes(self.limit)) as stream:
+            if kind == MANIFEST:
+                contents.manifest, issues = parse_manifest(stream.read(), self.drop_id)
+            else:
+                issues = FileIssues(name)
+                yield from iter_document_file(name, stream, self.limit, issues)
+            self.digests[name] = stream.finish()
         contents.issues += issues
 
     def finish(self) -> None:

@@ -9,8 +9,9 @@ On S3 that stream is components.adapters.s3stream: ranged GETs read a buffer at 
 reached when a connection breaks, each pinned to the listed ETag; seeking costs one ranged GET, which is how
 parquet (footer, then the "text" column chunks) is read in place, neither downloaded whole nor spilled to disk.
 Objects of at most `S3Source.WHOLE_BELOW` bytes (1 MiB: `_drop.json`, small part files) are fetched once and
-re-opened from memory, since a drop's reader opens each file a few times (hash, magic bytes, first line, parse)
-and on S3 every open is a request. Credentials come only from boto3's chain (components.adapters.s3).
+re-opened from memory, since ingest opens each file twice (the idempotency hash, then the scan's one pass:
+components.ingest.drops.stream, plus parquet's footer) and on S3 every open is a request. Credentials come only
+from boto3's chain (components.adapters.s3).
 """
 
 from __future__ import annotations
