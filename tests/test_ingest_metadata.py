@@ -74,3 +74,12 @@ def test_the_refusal_threshold_moved_with_the_measured_costs():
     check_metadata(limits, "d1", docs, rows)
     with pytest.raises(ValueError, match="ingest.max_memory_mb"):
         check_metadata(limits, "d1", 2 * docs, 2 * rows)
+
+
+def test_a_digest_ending_in_zero_bytes_keeps_all_32_of_them():
+    """numpy returns an 'S32' item without its trailing zero bytes: every read must still give 64 hex digits."""
+    value = "ab" * 30 + "0000"
+    d = Digests([value, "00" * 32])
+    assert d[0] == value and d[-1] == "00" * 32 and d.take([1, 0])[1] == value
+    assert list(d) == [value, "00" * 32] and d.to_arrow().to_pylist() == [value, "00" * 32]
+    assert Digests(d) == d and Digests(d)[0] == value

@@ -82,7 +82,8 @@ class Digests:
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             i = int(index) + (len(self) if index < 0 else 0)
-            return (self._base[i] if self._idx is None else self._base[self._idx[i]]).hex()
+            j = i if self._idx is None else int(self._idx[i])
+            return hex_array(self._base[j : j + 1])[0].decode()  # numpy drops an 'S32' item's trailing zero bytes
         if isinstance(index, slice):
             return self.take(np.arange(len(self))[index])
         return self.take(index)
