@@ -11,7 +11,8 @@ Choices:
 - Every GET carries `IfMatch=<ETag>` from the listing (or a HEAD), so an object replaced while it is read (or between
   a resumed read's two halves) fails with `S3ObjectChanged` instead of splicing two versions into one file.
 - `seek` only moves the offset (the open body is dropped; the next read starts a GET there), so random access costs
-  one ranged GET per jump: what parquet needs for its footer and column chunks, nothing spilled to disk.
+  one ranged GET per jump: what parquet needs for its footer and column chunks, nothing spilled to disk. Seeking
+  is components.core.rawio's `SizedReader`: a seek before byte 0 is a ValueError naming the object.
 - Wrap it in `io.BufferedReader` (as `open_object` does) for `readline`, small reads and seeks inside the buffer.
 """
 
@@ -26,6 +27,8 @@ from typing import Any
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from components.core.rawio import SizedReader
+
 log = logging.getLogger(__name__)
 
 BUFFER = 1 << 20
@@ -38,7 +41,7 @@ class S3ObjectChanged(RuntimeError):
     """The object's ETag changed while it was read: the data is no longer the object that was listed."""
 
 
-class S3ObjectReader(io.RawIOBase):
+class S3ObjectReader(SizedReader):
     """The object `s3://bucket/key` (`size` bytes, `etag` when known) as a seekable, resuming raw stream."""
 
     def __init__(self, client: Any, bucket: str, key: str, size: int, etag: str | None, attempts: int = 10) -> None:
@@ -48,23 +51,11 @@ class S3ObjectReader(io.RawIOBase):
         self.resumes = 0  # bodies that broke and were resumed at their offset
         self._pos, self._body = 0, None
 
-    def readable(self) -> bool:
-        return True
+    def _moving(self, target: int) -> None:
+        self._drop_body()  # the next read starts a GET at the new position
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in s3://{self.bucket}/{self.key}")
-        if base + offset != self._pos:
-            self._drop_body()
-            self._pos = base + offset
-        return self._pos
+    def _label(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
 
     def readinto(self, buffer) -> int:
         if self._pos >= self.size or len(buffer) == 0:

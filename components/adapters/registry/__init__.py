@@ -1,19 +1,27 @@
-"""MLflow adapter: the tracking store and runs (tracking), lineage (lineage), model versions and aliases (models),
-the tokenizer bundle and export (bundle),
-and the served model's code (serving). Every MLflow call of the project goes through this package."""
+"""MLflow adapter: the tracking store and runs (tracking), lineage (lineage), model versions (models), the
+`champion` / `previous` aliases and the gate's recorded decision (aliases), the tokenizer bundle and export
+(bundle), and the served model's code (serving). Every MLflow call of the project goes through this package."""
 
 from mlflow.exceptions import MlflowException
 
-from components.adapters.registry.bundle import export_version
-from components.adapters.registry.lineage import LanceDBSource, log_memory_input, open_run
-from components.adapters.registry.models import (
+from components.adapters.registry.aliases import (
     CHAMPION,
-    PICKLE_SUFFIXES,
     PREVIOUS,
     REASONS_LIMIT,
     Verdict,
     apply_decision,
     champion_version,
+    previous_candidate,
+    previous_version,
+    record_rejection,
+    recorded_decision,
+    rollback_champion,
+    set_champion,
+)
+from components.adapters.registry.bundle import export_version
+from components.adapters.registry.lineage import LanceDBSource, log_memory_input, open_run
+from components.adapters.registry.models import (
+    PICKLE_SUFFIXES,
     check_safe_weights,
     client,
     latest_run,
@@ -21,12 +29,6 @@ from components.adapters.registry.models import (
     load_weights,
     log_model_version,
     memory_versions_in_use,
-    previous_candidate,
-    previous_version,
-    record_rejection,
-    recorded_decision,
-    rollback_champion,
-    set_champion,
     tag_version,
     version_of_run,
 )

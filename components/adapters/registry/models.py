@@ -1,9 +1,8 @@
-"""Model versions and the `champion` / `previous` aliases in the MLflow registry.
+"""Model versions in the MLflow registry: logged, registered, tagged, found again and their weights loaded.
 
 Models are logged as MLflow "models from code": `serving.py` beside this file is copied as the model's code and the
 weights travel as a safetensors directory, so nothing is pickled and a version loads offline from
-`models:/<name>@champion`. Only aliases are used, never the deprecated stages. The gate's decision is made in
-`components.evaluation.gate`; this module only records it (anything with `promote`, `reasons` and `to_markdown()`).
+`models:/<name>@champion`. The `champion` / `previous` aliases and the gate's decision are in registry.aliases.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -20,21 +19,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from components.adapters.registry import bundle, serving
-from components.adapters.registry.tracking import TAG_LIMIT, RegistryError, active_run, configure, truncate
+from components.adapters.registry.aliases import champion_version
+from components.adapters.registry.tracking import RegistryError, active_run, configure, truncate
 from components.core.config import Settings
 
-CHAMPION, PREVIOUS = "champion", "previous"
-REASONS_LIMIT = TAG_LIMIT  # the full text is in gate/report.md
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib")
-
-
-class Verdict(Protocol):
-    """What the registry records of a gate decision (`components.evaluation.gate.Decision` is one)."""
-
-    promote: bool
-    reasons: list[str]
-
-    def to_markdown(self) -> str: ...
 
 
 # ---- model versions ----------------------------------------------------------------------------------------
@@ -108,93 +97,6 @@ def check_safe_weights(model_dir: Path) -> None:
     unsafe = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
     if unsafe:
         raise RegistryError(f"{model_dir}: pickle-based files {unsafe} are refused; save weights as safetensors")
-
-
-# ---- aliases -----------------------------------------------------------------------------------------------
-
-
-def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The version behind `@champion`, or None (no such registered model, or no champion yet)."""
-    return _alias_version(client, name, CHAMPION)
-
-
-def set_champion(
-    client: MlflowClient, name: str, version: str, decision: Verdict, manual: bool = False
-) -> ModelVersion:
-    """Move `champion` to `version` (the old champion becomes `previous`) and record the decision on it.
-
-    A rejected decision moves nothing unless `manual` (an operator's override, tagged `amr.gate=manual`).
-    Aliases move first: a crash before the tags leaves an untagged champion, never a "promoted" non-champion.
-    """
-    if not (decision.promote or manual):
-        raise RegistryError(f"the gate rejected {name} version {version}; use record_rejection, or manual=True")
-    target = client.get_model_version(name, str(version))
-    old = champion_version(client, name)
-    if old is not None and str(old.version) != str(target.version):
-        client.set_registered_model_alias(name, PREVIOUS, str(old.version))
-    client.set_registered_model_alias(name, CHAMPION, str(target.version))
-    _record(client, target, "manual" if manual else "promoted", decision)
-    return client.get_model_version(name, target.version)
-
-
-def apply_decision(client: MlflowClient, name: str, version: str, decision: Verdict) -> ModelVersion:
-    """The gate's action: promote (`set_champion`) or record the rejection, as `decision` says."""
-    if decision.promote:
-        return set_champion(client, name, version, decision)
-    return record_rejection(client, name, version, decision)
-
-
-def record_rejection(client: MlflowClient, name: str, version: str, decision: Verdict) -> ModelVersion:
-    """Tag a version the gate rejected (`amr.gate=rejected`, reasons, report); aliases stay where they are."""
-    if decision.promote:
-        raise RegistryError(f"the decision for {name} version {version} is to promote; use set_champion")
-    target = client.get_model_version(name, str(version))
-    _record(client, target, "rejected", decision)
-    return client.get_model_version(name, target.version)
-
-
-def rollback_champion(client: MlflowClient, name: str) -> ModelVersion:
-    """`champion` back to `previous`; `previous` is then cleared, so a second rollback fails instead of flipping."""
-    prev = _alias_version(client, name, PREVIOUS)
-    if prev is None:
-        raise RegistryError(f"registered model {name!r} has no '{PREVIOUS}' version to roll back to")
-    current = champion_version(client, name)
-    client.set_registered_model_alias(name, CHAMPION, str(prev.version))
-    client.delete_registered_model_alias(name, PREVIOUS)
-    if current is not None and str(current.version) != str(prev.version):
-        client.set_model_version_tag(name, current.version, "amr.rolled_back", f"champion back to {prev.version}")
-    return client.get_model_version(name, prev.version)
-
-
-def previous_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The version behind `@previous` (the champion the current one replaced), or None."""
-    return _alias_version(client, name, PREVIOUS)
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    version = model.aliases.get(alias)
-    return client.get_model_version(name, str(version)) if version is not None else None
-
-
-def _record(client: MlflowClient, mv: ModelVersion, outcome: str, decision: Verdict) -> None:
-    report = decision.to_markdown()
-    if outcome == "manual":
-        report = f"**Manual override**: version {mv.version} was made champion by hand.\n\n{report}"
-    client.set_model_version_tag(mv.name, mv.version, "amr.gate", outcome)
-    client.set_model_version_tag(
-        mv.name,
-        mv.version,
-        "amr.gate_reasons",
-        truncate("; ".join(decision.reasons), marker=" ... (truncated; see gate/report.md)"),
-    )
-    if mv.run_id:
-        client.log_text(mv.run_id, report, "gate/report.md")
 
 
 def _tag_text(value: Any) -> str:
@@ -291,15 +193,3 @@ def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion
     """The newest version of `name` logged from the run `run_id` (registration is then not repeated), if any."""
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     return max(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def recorded_decision(mv: ModelVersion) -> str | None:
-    """The gate outcome recorded on a version (`promoted`, `rejected` or `manual`), if any."""
-    return (mv.tags or {}).get("amr.gate")
-
-
-def previous_candidate(client: MlflowClient, name: str, before: str) -> ModelVersion | None:
-    """The newest version below `before` that a gate judged: the baseline when there is no champion yet."""
-    versions = [v for v in client.search_model_versions(f"name = '{name}'") if int(v.version) < int(before)]
-    judged = [v for v in versions if recorded_decision(v)]
-    return max(judged, key=lambda v: int(v.version)) if judged else None

@@ -1,10 +1,13 @@
-"""Parsers: one file in (its bytes, or an opener of a stream), its documents and issues out, as a stream."""
+"""Parsers: one file in (its bytes, or an opener of a stream), its documents and issues out, as a stream.
+
+`iter_document_file` detects the format and hands the file to its reader: JSON lines (components.ingest.drops.jsonl,
+re-exported here), parquet or one text document (here); `parse_manifest` reads `_drop.json`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -18,36 +21,30 @@ from components.ingest.drops.codecs import (
     codec_of,
     decompress,
     format_of,
-    lines,
 )
+from components.ingest.drops.jsonl import jsonl_lines, parse_jsonl, plain_jsonl
 from components.ingest.drops.model import MANIFEST, MAX_ISSUES_PER_FILE, Document, DropManifest, FileIssues
+from components.ingest.drops.parsing import (
+    BOM,
+    FIX_BINARY,
+    FIX_COMPRESSED,
+    FIX_EMPTY,
+    FIX_SIZE,
+    FIX_UTF8,
+    Opener,
+    Parsed,
+    line_of,
+    nul_line,
+    parse_in_memory,
+    too_big,
+)
 from components.ingest.drops.stream import ScanStream, in_memory
 
-BOM = b"\xef\xbb\xbf"
-FIX_JSONL = 'make each line one JSON object with a string field "text"'
-FIX_UTF8 = "save the file as UTF-8"
-FIX_BINARY = (
-    "remove the binary file: only JSON lines (.jsonl, .ndjson, .json), .parquet and UTF-8 text files, each "
-    "gzip- or zstd-compressed or not, belong in a drop"
-)
-FIX_COMPRESSED = "upload the file again: its compressed data is damaged or cut off"
+__all__ = ["iter_document_file", "parse_document_file", "parse_jsonl", "parse_manifest", "parse_parquet", "parse_text"]
+
 FIX_COMPRESSED_PARQUET = "write the parquet file uncompressed outside; parquet compresses its pages itself"
-FIX_EMPTY = "remove the empty file or put documents in it"
-FIX_SIZE = "split the document, or raise ingest.max_document_bytes"
 FIX_PARQUET = 'write a parquet file with a string column "text"'
 FIX_MANIFEST = "make _drop.json one JSON object with only drop_id, description, source, license, created_at, tags"
-JSON_TYPES = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
-
-Parsed = tuple[list[Document], FileIssues]
-Opener = Callable[[], AbstractContextManager[ScanStream]]  # the file again, at its first byte
 PARQUET_BATCH = 1024
 
 
@@ -73,126 +70,18 @@ def iter_document_file(name: str, stream: ScanStream, limit: int, issues: FileIs
     kind = format_of(name, opener, codec, limit)
     stream.stop_keeping()
     if codec is None:
-        parser = {"jsonl": _plain_jsonl, "parquet": _parquet_rows}.get(kind, _text_file)
+        parser = {"jsonl": plain_jsonl, "parquet": _parquet_rows}.get(kind, _text_file)
         yield from parser(name, opener, stream.size, limit, issues)
     elif kind == "parquet":
         issues.add(None, f"{codec}-compressed parquet file", FIX_COMPRESSED_PARQUET)
     elif kind == "jsonl":
         with opener() as raw:
-            yield from _jsonl_lines(name, decompress(raw, codec), limit, codec, issues)
+            yield from jsonl_lines(name, decompress(raw, codec), limit, codec, issues)
     else:
         with opener() as raw:
             documents, found = _compressed_text(name, decompress(raw, codec), limit, codec)
         issues += found
         yield from documents
-
-
-def _too_big(size: int, limit: int, what: str) -> str:
-    return f"{what} is {size:,} bytes, over max_document_bytes={limit:,}"
-
-
-def _line_of(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, offset) + 1
-
-
-def _nul_line(raw: ScanStream) -> int | None:
-    """The 1-based line of the file's first NUL byte, None if it has none: the rest of the file is read for it."""
-    raw.finish()
-    return raw.nul_line
-
-
-def parse_jsonl(name: str, data: bytes, max_document_bytes: int) -> Parsed:
-    issues = FileIssues(name)
-    stream = in_memory(data, max_document_bytes)
-    documents = list(_plain_jsonl(name, stream.rewound, len(data), max_document_bytes, issues))
-    return documents, issues
-
-
-def _plain_jsonl(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
-    """A binary file named .jsonl is one issue, not one per line: the stream's NUL scan stops the parse at the line
-    holding the first NUL, and then that issue replaces the file's others (documents before it were yielded, but
-    a drop with issues is quarantined whole, so none of them is stored)."""
-    if size == 0:
-        issues.add(None, "empty file", FIX_EMPTY)
-        return
-    with opener() as raw:
-        yield from _jsonl_lines(name, raw, limit, None, issues, raw)
-        if (nul := _nul_line(raw)) is not None:
-            issues.clear()
-            issues.add(nul, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
-
-
-def _jsonl_lines(
-    name: str, stream: BinaryIO, limit: int, codec: str | None, issues: FileIssues, plain: ScanStream | None = None
-) -> Iterator[Document]:
-    """Parse JSON lines as they stream out of `stream` (decompressed, for a compressed file); a `plain` file stops
-    at the line holding its first NUL byte."""
-    seen, number = False, 0
-    try:
-        for number, raw, size in lines(stream, limit):
-            if plain is not None and plain.nul_line is not None:
-                return
-            if number == 1 and raw is not None:
-                raw = raw.removeprefix(BOM)
-            if raw is not None and not raw.strip():
-                continue
-            seen = True
-            if issues.full:
-                issues.stop(f"line {number} and later")
-                break
-            if raw is None:  # measured before parsing, so a huge line costs no JSON work
-                issues.add(number, _too_big(size, limit, "the line"), FIX_SIZE)
-            elif b"\0" in raw:  # only possible in decompressed data; a plain file stopped above
-                issues.add(number, "binary data (a NUL byte), not JSON lines text", FIX_BINARY)
-                break
-            elif (text := _jsonl_text(raw, number, issues)) is not None:
-                yield Document(text, name, number)
-    except DECOMPRESS_ERRORS as exc:
-        where = f" after line {number}" if number else ""
-        issues.add(None, f"damaged {codec} data{where}: {str(exc).rstrip('.')}", FIX_COMPRESSED)
-        return
-    if not seen:
-        reason = f"no JSON lines after {codec} decompression" if codec else "only blank lines"
-        issues.add(None, f"empty file: {reason}", FIX_EMPTY)
-
-
-def _jsonl_text(raw: bytes, number: int, issues: FileIssues) -> str | None:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        issues.add(number, f"invalid UTF-8 at byte {exc.start + 1} of the line", FIX_UTF8)
-        return None
-    except json.JSONDecodeError as exc:
-        issues.add(number, f"invalid JSON: {exc.msg} (column {exc.colno})", FIX_JSONL)
-        return None
-    except (ValueError, RecursionError) as exc:  # integers over 4300 digits, nesting deeper than the stack
-        issues.add(number, f"invalid JSON: {exc}", FIX_JSONL)
-        return None
-    text = obj.get("text") if isinstance(obj, dict) else None
-    if not isinstance(obj, dict):
-        issues.add(number, f"the line holds {_json_type(obj)}, not a JSON object", FIX_JSONL)
-    elif "text" not in obj:
-        issues.add(number, 'missing field "text"', FIX_JSONL)
-    elif not isinstance(text, str):
-        issues.add(number, f'field "text" is {_json_type(text)}, not a string', FIX_JSONL)
-    elif not _encodable(text):  # "\ud800" is valid JSON but no UTF-8 string: the tokenizer would fail later
-        fix = "write the text as UTF-8, or escape characters above U+FFFF as surrogate pairs"
-        issues.add(number, 'field "text" holds an unpaired surrogate escape (\\ud800-\\udfff)', fix)
-    else:
-        return text
-    return None
-
-
-def _json_type(value: object) -> str:
-    return JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_text(name: str, data: bytes, max_document_bytes: int) -> Parsed:
@@ -202,16 +91,16 @@ def parse_text(name: str, data: bytes, max_document_bytes: int) -> Parsed:
         issues.add(None, "empty file: only whitespace" if data else "empty file", FIX_EMPTY)
         return [], issues
     if len(data) > max_document_bytes:
-        issues.add(None, _too_big(len(data), max_document_bytes, "the file"), FIX_SIZE)
+        issues.add(None, too_big(len(data), max_document_bytes, "the file"), FIX_SIZE)
     if (nul := data.find(b"\0")) >= 0:
-        issues.add(_line_of(data, nul), "binary data (a NUL byte), not text", FIX_BINARY)
+        issues.add(line_of(data, nul), "binary data (a NUL byte), not text", FIX_BINARY)
         return [], issues
     body = data.removeprefix(BOM)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad = body[exc.start]
-        issues.add(_line_of(body, exc.start), f"invalid UTF-8 (byte 0x{bad:02x})", FIX_UTF8)
+        issues.add(line_of(body, exc.start), f"invalid UTF-8 (byte 0x{bad:02x})", FIX_UTF8)
         return [], issues
     return ([] if issues else [Document(text, name, None)]), issues
 
@@ -219,9 +108,9 @@ def parse_text(name: str, data: bytes, max_document_bytes: int) -> Parsed:
 def _text_file(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
     """One plain-text document; a file over the limit is never read whole (only scanned for NUL bytes)."""
     if size > limit:
-        issues.add(None, _too_big(size, limit, "the file"), FIX_SIZE)
+        issues.add(None, too_big(size, limit, "the file"), FIX_SIZE)
         with opener() as raw:
-            if (nul := _nul_line(raw)) is not None:
+            if (nul := nul_line(raw)) is not None:
                 issues.add(nul, "binary data (a NUL byte), not text", FIX_BINARY)
         return
     with opener() as raw:
@@ -247,10 +136,7 @@ def _compressed_text(name: str, stream: BinaryIO, max_document_bytes: int, codec
 
 
 def parse_parquet(name: str, data: bytes, max_document_bytes: int) -> Parsed:
-    issues = FileIssues(name)
-    stream = in_memory(data, max_document_bytes)
-    documents = list(_parquet_rows(name, stream.rewound, len(data), max_document_bytes, issues))
-    return documents, issues
+    return parse_in_memory(_parquet_rows, name, data, max_document_bytes)
 
 
 def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: FileIssues) -> Iterator[Document]:
@@ -284,7 +170,7 @@ def _parquet_rows(name: str, opener: Opener, size: int, limit: int, issues: File
                     if text is None:
                         issues.add(row, 'null in column "text"', 'put a string in every row of column "text"')
                     elif cell_size > limit:
-                        issues.add(row, _too_big(cell_size, limit, "the cell"), FIX_SIZE)
+                        issues.add(row, too_big(cell_size, limit, "the cell"), FIX_SIZE)
                     else:
                         yield Document(text, name, row)
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -318,7 +204,7 @@ def parse_manifest(data: bytes, drop_id: str) -> tuple[DropManifest | None, File
     try:
         obj = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        issues.add(_line_of(body, exc.start), "invalid UTF-8", FIX_MANIFEST)
+        issues.add(line_of(body, exc.start), "invalid UTF-8", FIX_MANIFEST)
         return None, issues
     except json.JSONDecodeError as exc:
         issues.add(exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", FIX_MANIFEST)

@@ -12,6 +12,7 @@ Choices:
   and `rewound()` opens the file afresh instead (one more read, the same results).
 - Seeks are logical: a read ahead of the bytes hashed so far first reads (and hashes) the gap; a read behind them
   (parquet jumping back) reads from the underlying file directly and changes neither the digest nor the NUL scan.
+  A seek before byte 0 is a ValueError (components.core.rawio's `SizedReader`; it used to be clamped to 0).
   Parquet's footer is read on a side stream (`side()`), so its column chunks, in file order, stream through here.
 """
 
@@ -22,6 +23,8 @@ import hashlib
 import io
 from collections.abc import Callable
 from typing import BinaryIO
+
+from components.core.rawio import SizedReader
 
 CHUNK = 1 << 20
 
@@ -36,7 +39,7 @@ def in_memory(data: bytes, limit: int) -> ScanStream:
     return ScanStream(lambda: io.BytesIO(data), len(data), keep_bytes(limit))
 
 
-class ScanStream(io.RawIOBase):
+class ScanStream(SizedReader):
     """A file read in order once: hashed, NUL-scanned, its detected head replayable (see the module docstring)."""
 
     def __init__(self, opener: Callable[[], BinaryIO], size: int, keep: int) -> None:
@@ -49,20 +52,6 @@ class ScanStream(io.RawIOBase):
         self._head: bytearray | None = bytearray()  # the first bytes, while they are kept for `rewound`
         self._newlines = 0
         self.nul_line: int | None = None  # 1-based line of the first NUL byte among the bytes read in order
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
