@@ -7,9 +7,10 @@ The split of the work:
   parsed), then the scan (a Ray Data pass of the files, one task per file: each worker opens its file itself, from
   the directory or S3 (credentials from the worker's environment), checks and parses it with the code the local
   engine runs (DropScan.file_documents), hashes each document and tokenizes it). Its tokens stay in the object store.
-* Driver: the per-document metadata only (hashes, token counts): deduplication against the memory, the split and
-  every row's place (components.ingest.scan.plan_drop, components.core.packing.split_layouts, as local), and the
-  k-means centers, fit once on a sample of train rows that a worker builds (components.ingest.clustering.fit_centers).
+* Driver: the per-document metadata only (hashes, token counts: numpy arrays): deduplication against the memory,
+  the split and every row's place (components.ingest.scan.plan_drop, components.core.packing.split_layouts, as
+  local), and the k-means centers, fit once on a sample of train rows that a worker builds
+  (components.ingest.clustering.fit_centers).
 * Workers: label the train rows by range, then (the unused centers dropped on the driver, as local) the holdout rows;
   under the write lock, write ranges of the write order as uncommitted Lance fragments of the memory's table
   (lance-ray's `write_fragment`) while one task hashes the rows into the row digest (a single sha256 stream, so one
@@ -23,6 +24,17 @@ the commit leaves only data files no Lance version references: readers never see
 starts again from scratch and commits it once (tests/test_ingest_ray.py kills one), and `amr memory cleanup`
 removes the files once they are older than Lance's 7-day guard for writes still in flight (the same test). A
 killed driver's Ray tasks and objects are freed by Ray with the driver.
+
+Memory and parallelism: every task (the scan's Ray Data map, the metadata reads, the sample, labelling, digest and
+write tasks) asks Ray for 1 CPU and ingest.max_memory_mb of its `memory` resource, so Ray places no more tasks on
+a node than its CPUs and memory hold; inside, a task derives its batch sizes from what Ray reserved for it, over
+its own process's heap (components.ingest.ray_tasks.task_limits: the local engine's rule, so a bound too small is
+refused with the local engine's message). A bound no node can reserve is refused before any task (`check_memory`:
+Ray would wait forever). The driver keeps the `limits` the local engine keeps (its plan's metadata check, the
+k-means fit's chunks); what it holds per document is numpy only (components.ingest.ray_scan). ingest.workers > 0
+caps the tasks running at once (Ray Data's TaskPoolStrategy for the scan, `run_capped` for the rest); 0 leaves it
+to Ray. The row digest stays one task: it is one sha256 stream over the rows in order, which must equal the local
+engine's `rows_hash` (it runs beside the writes).
 
 Ray itself: `ingest.ray_address` '' starts a local Ray with this machine's CPUs (and it stops with this process);
 otherwise it joins that cluster. A Ray already initialized in this process (tests, notebooks) is used as it is.
