@@ -207,6 +207,26 @@ def test_a_bound_no_node_can_reserve_is_refused_before_any_task(tmp_path, ray_cl
     assert Memory.open(remote).drops() == []
 
 
+@ray.remote
+def _interval(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_ingest_workers_caps_the_tasks_running_at_once(ray_cluster):
+    """`run_capped`, which every rows task goes through: with a cap of 1 the tasks never overlap, though the 2 CPUs
+    (and their two worker processes, started by the uncapped call first) would run two at once."""
+    from components.ingest.engine_ray import run_capped
+
+    assert len(ray.get(run_capped([lambda: _interval.remote(0.5) for _ in range(2)], 0))) == 2
+    done = []
+    refs = run_capped([lambda: _interval.remote(0.3) for _ in range(4)], 1, done.append)
+    spans = sorted(ray.get(refs))
+    assert sum(done) == 4
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
+
+
 def test_a_driver_killed_after_the_workers_wrote_commits_the_drop_once_on_the_rerun(tmp_path, ray_cluster, drops):
     home, marker = tmp_path / "ray", tmp_path / "fragments-written"
     env = dict(
