@@ -17,6 +17,7 @@ at a batch's tokens), a rows task the drop's layout (the per-document and per-ro
 from __future__ import annotations
 
 import json
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -83,7 +84,7 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
         tokenizer = ray.get(tokenizer)
     scan = DropScan(_source(location, s3_json), drop_id, limit, parse=parse)
     index, name = row["index"], row["name"]
-    hashes, first, batch, seen = Digests(), [], [], set()
+    hashes, first, batch, seen = Digests(), array("q"), [], set()  # numpy / C arrays per document
     n_documents, size, part = 0, 0, 0
 
     def flush() -> pa.Table:
@@ -124,7 +125,7 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
         manifest=manifest.model_dump_json() if manifest else "",
         n_documents=n_documents,
         hashes=pa.ListArray.from_arrays(pa.array([0, len(hashes)], pa.int32()), fixed_binary(hashes.raw)),
-        first=pa.array([first[:tokenized]], pa.list_(pa.int64())),
+        first=pa.array([np.array(first, np.int64)[:tokenized]], pa.list_(pa.int64())),
     )
 
 
