@@ -1,6 +1,7 @@
 """Bytes of per-document and per-row metadata an ingest holds, measured with tracemalloc (not in CI).
 
     PYTHONPATH=<checkout> python benchmarks/ingest_metadata.py [--mb 50] [--context-length 128] [--label after]
+                                                               [--engine ray]
 
 Writes a drop of real text (benchmarks/scale_ingest.py `write_drop`: distinct 2-16 kB documents), then runs the
 local engine's steps one by one, under tracemalloc (numpy's buffers are traced too), in a fresh memory:
@@ -9,6 +10,9 @@ local engine's steps one by one, under tracemalloc (numpy's buffers are traced t
           a fixed cost, is left out: what the plan keeps per row, and its peak (the memory lookup, the split);
   digest  `packed_digest`, and `commit` (every `record_batches` batch built and dropped, nothing written): their
           peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop).
+With `--engine ray` the Ray engine's driver is measured (scan and plan, on a local Ray with this machine's CPUs):
+the workers scan, hash and write, so digest and commit are left out; `arrow_scan_peak_mb` is the Arrow pool's peak
+(the workers' metadata tables as the driver merges them: Arrow's buffers are not traced).
 Run it with PYTHONPATH at two checkouts (before and after a change): it uses only interfaces both share.
 Appends one JSON line to benchmarks/results/ingest_metadata.jsonl.
 """
@@ -16,6 +20,7 @@ Appends one JSON line to benchmarks/results/ingest_metadata.jsonl.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -25,6 +30,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale_ingest import DROP, write_drop  # noqa: E402
@@ -45,6 +51,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--label", default="")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--work", default="/tmp/amr-ingest-metadata")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest_metadata.jsonl"))
     args = parser.parse_args()
@@ -56,9 +63,9 @@ def main() -> None:
     memory, tok = Memory.open(s), load_tokenizer("byte")
     source = open_source(str(work / "drops"), s.s3)
     ref = next(r for r in source.list_drops() if r.drop_id == DROP)
-    out: dict = {"label": args.label, "mb": args.mb, "context_length": args.context_length}
+    out: dict = {"label": args.label, "engine": args.engine, "mb": args.mb, "context_length": args.context_length}
     t0 = time.process_time()
-    with Bars(False) as bars, LocalEngine(source, ref, s, tok, bars, None) as engine:
+    with Bars(False) as bars, _engine(args.engine, source, ref, s, tok, bars) as engine:
         content = engine.content_hash()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -67,12 +74,18 @@ def main() -> None:
         n_docs = len(scanned.hashes)
         out |= {"documents": n_docs, "scan_kept_per_doc": (kept - base) / n_docs, "scan_peak_mb": (peak - base) / 2**20}
         tracemalloc.reset_peak()
-        plan = plan_drop(memory, scanned, s, tok, engine.spill, lambda: engine.scan(content), cluster=False)
+        if args.engine == "ray":
+            out["arrow_scan_peak_mb"] = pa.default_memory_pool().max_memory() / 2**20
+            out["scan_kept_bytes"] = kept - base  # per document: the slope between two sizes (Ray's fixed objects)
+        store = engine.store if args.engine == "ray" else engine.spill
+        plan = plan_drop(memory, scanned, s, tok, store, lambda: engine.scan(content), cluster=False)
         packed = plan.packed
         clusters = (np.zeros(len(packed.train.lengths), np.int32), np.zeros(len(packed.holdout.lengths), np.int32))
         after, peak = tracemalloc.get_traced_memory()
         n_rows = len(packed.train.lengths) + len(packed.holdout.lengths)
         out |= {"rows": n_rows, "plan_kept_per_row": (after - kept) / n_rows, "plan_peak_mb": (peak - kept) / 2**20}
+        if args.engine == "ray":  # the workers hash and write
+            return _finish(out, args, work, t0)
         tracemalloc.reset_peak()
         out["rows_hash"] = packed_digest(DROP, packed, clusters)
         out["digest_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
@@ -81,7 +94,23 @@ def main() -> None:
         for _ in record_batches(DROP, packed, clusters, schema, lambda n: None):
             pass
         out["commit_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
-        tracemalloc.stop()
+    _finish(out, args, work, t0)
+
+
+def _engine(engine: str, source, ref, s, tok, bars):
+    if engine == "local":
+        return LocalEngine(source, ref, s, tok, bars, None)
+    import ray
+
+    from components.ingest.engine_ray import RayEngine
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    limits = [None] if "limits" in inspect.signature(RayEngine).parameters else []  # an older checkout: none
+    return RayEngine(source, ref, s, tok, bars, *limits)
+
+
+def _finish(out: dict, args, work: Path, t0: float) -> None:
+    tracemalloc.stop()
     out["cpu_s"] = round(time.process_time() - t0, 1)
     out["load_1m"] = os.getloadavg()[0]
     print(json.dumps(out))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ def drops(tmp_path_factory) -> Path:
     manifest, a document repeated inside a drop and across drops; big enough for several tasks per split."""
     root = tmp_path_factory.mktemp("drops")
     code = [t for t in python_docs(60) if len(t) < 60_000]
+    paragraphs = [p.strip() for t in python_docs(30, offset=60) for p in t.split("\n\n") if len(p.strip()) > 40]
     make_drop(
         root,
         "a-code",
@@ -72,6 +74,7 @@ def drops(tmp_path_factory) -> Path:
             "a.jsonl": jsonl(code[:20]),
             "notes/l0.txt": license_docs(2)[0],
             "notes/l1.txt": license_docs(2)[1],
+            "notes/para.jsonl": jsonl(list(dict.fromkeys(paragraphs))[:600]),  # several tokenize batches' rows
             "_drop.json": '{"source": "stdlib"}',
         },
     )
@@ -148,7 +151,9 @@ def test_workers_read_drops_from_s3_and_write_an_s3_memory(tmp_path, ray_cluster
     for name, data in files.items():
         client.put_object(Bucket="ray-drops", Key=f"in/s3-drop/{name}", Body=data)
     local = settings_for(tmp_path / "local")
-    remote = settings_for(tmp_path / "ray", **{"ingest.engine": "ray", "memory.uri": "s3://ray-memory/memory"})
+    remote = settings_for(  # and one task at a time
+        tmp_path / "ray", **{"ingest.engine": "ray", "memory.uri": "s3://ray-memory/memory", "ingest.workers": 1}
+    )
     got_local, got_ray = (
         ingest_source(local, "s3://ray-drops/in", False),
         ingest_source(remote, "s3://ray-drops/in", False),
@@ -168,6 +173,58 @@ def test_a_bad_line_is_rejected_with_the_local_message(tmp_path, ray_cluster):
     assert got_ray[0].message == got_local[0].message
     assert "bad/a.jsonl:5" in got_ray[0].message
     assert Memory.open(remote).record("bad").status == "rejected"
+
+
+def test_every_task_reserves_max_memory_mb_and_refuses_a_bound_too_small_as_local_does(tmp_path, ray_cluster):
+    """The workers' bound is the memory Ray reserved for their task (ingest.max_memory_mb): at 64 MB each task
+    refuses, with the local engine's one-line message (here the driver's own check is left out: limits=None)."""
+    root = tmp_path / "drops"
+    make_drop(root, "d1", {"a.jsonl": jsonl(python_docs(4))})
+    with pytest.raises(ValueError) as local:
+        ingest_source(settings_for(tmp_path / "local", **{"ingest.max_memory_mb": 64}), str(root), False)
+    remote = settings_for(tmp_path / "ray", **{"ingest.engine": "ray", "ingest.max_memory_mb": 64})
+    ref = LocalSource(root).list_drops()[0]
+    with pytest.raises(ValueError) as worker:
+        ingest_drop(Memory.open(remote), LocalSource(root), ref, remote, load_tokenizer("byte"), Bars(False))
+    message = str(worker.value)
+    assert message.startswith("a Ray ingest task on node ") and "\n" not in message
+    prefix, _, rest = message.partition(": ")
+    assert re.sub(r"\d+", "N", rest) == re.sub(r"\d+", "N", str(local.value))  # numbers: each process's own
+    assert "ingest.max_memory_mb = 64 is below" in rest and "Fix: set ingest.max_memory_mb to " in rest
+    assert Memory.open(remote).drops() == []
+
+
+def test_a_bound_no_node_can_reserve_is_refused_before_any_task(tmp_path, ray_cluster, drops):
+    largest = int(max(n["Resources"]["memory"] for n in ray.nodes() if n["Alive"]) // 2**20)
+    remote = settings_for(tmp_path / "ray", **{"ingest.engine": "ray", "ingest.max_memory_mb": largest + 64})
+    results = ingest_source(remote, str(drops), False)
+    assert [r.status for r in results] == ["failed"] * 3
+    assert results[0].message == (
+        f"ValueError: ingest.max_memory_mb = {largest + 64} is more than any Ray node can reserve for a task (the "
+        f"largest offers {largest} MB of Ray's `memory` resource): Ray would never schedule the ingest's tasks. "
+        f"Fix: set ingest.max_memory_mb to {largest} or less, or add nodes with more memory."
+    )
+    assert Memory.open(remote).drops() == []
+
+
+@ray.remote
+def _interval(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_ingest_workers_caps_the_tasks_running_at_once(ray_cluster):
+    """`run_capped`, which every rows task goes through: with a cap of 1 the tasks never overlap, though the 2 CPUs
+    (and their two worker processes, started by the uncapped call first) would run two at once."""
+    from components.ingest.engine_ray import run_capped
+
+    assert len(ray.get(run_capped([lambda: _interval.remote(0.5) for _ in range(2)], 0))) == 2
+    done = []
+    refs = run_capped([lambda: _interval.remote(0.3) for _ in range(4)], 1, done.append)
+    spans = sorted(ray.get(refs))
+    assert sum(done) == 4
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
 
 
 def test_a_driver_killed_after_the_workers_wrote_commits_the_drop_once_on_the_rerun(tmp_path, ray_cluster, drops):

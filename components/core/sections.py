@@ -43,13 +43,15 @@ class IngestConfig(Section):
         ge=0,
         le=256,
         description="Processes that read, check, hash and tokenize a drop's files in parallel (0: one per CPU "
-        "core; 1: in process, no pool). Drops under 16 MB or of one file scan in process (components.ingest.parallel).",
+        "core; 1: in process, no pool). Drops under 16 MB or of one file scan in process (components.ingest.parallel). "
+        "Engine ray: the most Ray tasks at once (0: as many as the cluster's CPUs and memory hold).",
     )
     max_memory_mb: int = Field(
         2048,
         ge=64,
         description="Bound on an ingest's peak RSS (workers included); batch sizes and workers are derived from it "
-        "and a bound too small to ingest at all is refused (components.ingest.limits).",
+        "and a bound too small to ingest at all is refused (components.ingest.limits). Engine ray: also each Ray "
+        "task's memory, reserved from Ray's scheduler (components.ingest.engine_ray).",
     )
     engine: Literal["local", "ray"] = Field(
         "local",

@@ -67,9 +67,10 @@ class LocalEngine:
 
 
 def open_engine(source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, limits=None):
-    """The engine `ingest.engine` names (`limits` bound the local engine; Ray's workers have their own memory)."""
+    """The engine `ingest.engine` names; `limits` bound this process (with engine ray, the driver; each Ray task
+    reserves ingest.max_memory_mb for itself: components.ingest.engine_ray)."""
     if settings.ingest.engine == "ray":
         from components.ingest.engine_ray import RayEngine  # only here: the local path never imports ray
 
-        return RayEngine(source, ref, settings, tokenizer, bars)
+        return RayEngine(source, ref, settings, tokenizer, bars, limits)
     return LocalEngine(source, ref, settings, tokenizer, bars, limits)

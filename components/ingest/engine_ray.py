@@ -7,9 +7,10 @@ The split of the work:
   parsed), then the scan (a Ray Data pass of the files, one task per file: each worker opens its file itself, from
   the directory or S3 (credentials from the worker's environment), checks and parses it with the code the local
   engine runs (DropScan.file_documents), hashes each document and tokenizes it). Its tokens stay in the object store.
-* Driver: the per-document metadata only (hashes, token counts): deduplication against the memory, the split and
-  every row's place (components.ingest.scan.plan_drop, components.core.packing.split_layouts, as local), and the
-  k-means centers, fit once on a sample of train rows that a worker builds (components.ingest.clustering.fit_centers).
+* Driver: the per-document metadata only (hashes, token counts: numpy arrays): deduplication against the memory,
+  the split and every row's place (components.ingest.scan.plan_drop, components.core.packing.split_layouts, as
+  local), and the k-means centers, fit once on a sample of train rows that a worker builds
+  (components.ingest.clustering.fit_centers).
 * Workers: label the train rows by range, then (the unused centers dropped on the driver, as local) the holdout rows;
   under the write lock, write ranges of the write order as uncommitted Lance fragments of the memory's table
   (lance-ray's `write_fragment`) while one task hashes the rows into the row digest (a single sha256 stream, so one
@@ -24,6 +25,17 @@ starts again from scratch and commits it once (tests/test_ingest_ray.py kills on
 removes the files once they are older than Lance's 7-day guard for writes still in flight (the same test). A
 killed driver's Ray tasks and objects are freed by Ray with the driver.
 
+Memory and parallelism: every task (the scan's Ray Data map, the metadata reads, the sample, labelling, digest and
+write tasks) asks Ray for 1 CPU and ingest.max_memory_mb of its `memory` resource, so Ray places no more tasks on
+a node than its CPUs and memory hold; inside, a task derives its batch sizes from what Ray reserved for it, over
+its own process's heap (components.ingest.ray_tasks.task_limits: the local engine's rule, so a bound too small is
+refused with the local engine's message). A bound no node can reserve is refused before any task (`check_memory`:
+Ray would wait forever). The driver keeps the `limits` the local engine keeps (its plan's metadata check, the
+k-means fit's chunks); what it holds per document is numpy only (components.ingest.ray_scan). ingest.workers > 0
+caps the tasks running at once (Ray Data's TaskPoolStrategy for the scan, `run_capped` for the rest); 0 leaves it
+to Ray. The row digest stays one task: it is one sha256 stream over the rows in order, which must equal the local
+engine's `rows_hash` (it runs beside the writes).
+
 Ray itself: `ingest.ray_address` '' starts a local Ray with this machine's CPUs (and it stops with this process);
 otherwise it joins that cluster. A Ray already initialized in this process (tests, notebooks) is used as it is.
 Workers need this package (the image of infra/k8s/raycluster.yaml); the tokenizer travels from the driver.
@@ -34,10 +46,10 @@ tiny files pays Ray's per-task overhead for each.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -53,11 +65,15 @@ from components.core.packing import Packed
 from components.core.text import Tokenizer
 from components.ingest import ray_tasks
 from components.ingest.clustering import drop_unused, fit_centers, fit_sample
-from components.ingest.drops import DropIssue, DropManifest, DropRef, DropScan, DropSource
+from components.ingest.drops import DropRef, DropScan, DropSource
+from components.ingest.limits import MB, Limits
+from components.ingest.ray_scan import TokenStore, fill_scanned, merge_files, scan_metadata, token_store
 from components.ingest.rows import bookkeeping
-from components.ingest.scan import Plan, Scanned, plan_drop, unchanged
+from components.ingest.scan import TOKENIZE_BYTES, Plan, Scanned, plan_drop, unchanged
+from components.ingest.spill import TOKEN
 
 HOLD_ENV = "AMR_TEST_HOLD_BEFORE_COMMIT"  # tests only: a file to create, then wait to be killed, before the commit
+RETRY_NOTE = re.compile(r"\nFailed to [^\n]* after \d+/\d+ attempts")  # ray.data._internal.util
 MIN_TASK_ROWS = 1024  # rows per labelling / writing task at least; at most two tasks per CPU of the cluster
 
 
@@ -73,26 +89,33 @@ def connect(address: str) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset chatter on the CLI's stderr
 
 
-class TokenStore:
-    """Where each distinct document's tokens are, in the scan's blocks: the driver's stand-in for the local spill
-    (plan_drop reads only `lengths()`; rows are built on the workers)."""
-
-    def __init__(self) -> None:
-        self.where: list[tuple[int, int, int]] = []  # block, row in the block, token offset in the row's cell
-        self.counts: list[int] = []
-        self.blocks: list = []
-
-    def lengths(self) -> np.ndarray:
-        return np.asarray(self.counts, dtype=np.int64)
-
-    def tokens(self, index: int) -> np.ndarray:
-        raise RuntimeError("the Ray engine's driver never reads tokens; rows are built on the workers")
+def check_memory(max_memory_mb: int) -> None:
+    """Refuse a bound no alive node with a CPU can reserve for a task: Ray would wait for such a node forever. (No
+    node with a CPU at all, an autoscaling cluster scaled to zero: left to the autoscaler.)"""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    largest = int(max((n.get("memory", 0) for n in nodes), default=0) // MB)
+    if nodes and largest < max_memory_mb:
+        raise ValueError(
+            f"ingest.max_memory_mb = {max_memory_mb} is more than any Ray node can reserve for a task (the largest "
+            f"offers {largest} MB of Ray's `memory` resource): Ray would never schedule the ingest's tasks. "
+            f"Fix: set ingest.max_memory_mb to {largest} or less, or add nodes with more memory."
+        )
 
 
 class RayEngine:
-    def __init__(self, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars) -> None:
+    """`limits` (components.ingest.limits, from ingest.max_memory_mb) bound this process, as the local engine's;
+    every Ray task reserves ingest.max_memory_mb of Ray's `memory` resource and keeps under it (`task_limits`), and
+    ingest.workers > 0 caps the tasks running at once (module docstring)."""
+
+    def __init__(
+        self, source: DropSource, ref: DropRef, settings: Settings, tokenizer: Tokenizer, bars, limits: Limits | None
+    ) -> None:
         self.source, self.ref, self.settings, self.tokenizer, self.bars = source, ref, settings, tokenizer, bars
+        self.limits = limits
         connect(settings.ingest.ray_address)
+        check_memory(settings.ingest.max_memory_mb)
+        self.options = {"num_cpus": 1, "memory": settings.ingest.max_memory_mb * MB}  # every task's request
+        self.workers = settings.ingest.workers  # the most tasks at once; 0: as many as Ray can place
         self.store = TokenStore()
         self.spec = None  # ObjectRef of the RowsSpec of the latest plan
         self._tokenizer_ref = None
@@ -105,11 +128,11 @@ class RayEngine:
         if isinstance(exc, ray.exceptions.RayError):  # say what failed on the worker, not where it ran
             raise worker_error(exc) from None
 
-    def _scan_files(self, parse: bool, tokenize: bool) -> tuple[list[dict], list]:
-        """The per-file rows (metadata only) in file order, and the scan's blocks (tokens included)."""
+    def _scan_files(self, parse: bool, tokenize: bool) -> tuple[pa.Table, list]:
+        """The scan's metadata rows (components.ingest.ray_scan.scan_metadata) and its blocks (tokens included)."""
         names = self.source.list_files(self.ref.drop_id)
         if not names:
-            return [], []
+            return scan_metadata([]), []
         if self._tokenizer_ref is None:
             self._tokenizer_ref = ray.put(self.tokenizer)
         kwargs = {
@@ -119,66 +142,52 @@ class RayEngine:
             "limit": self.settings.ingest.max_document_bytes,
             "tokenizer": self._tokenizer_ref if tokenize else None,
             "parse": parse,
+            "context": self.settings.ingest.context_length,
         }
         items = [{"index": i, "name": n} for i, n in enumerate(names)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ray_tasks.scan_files, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs
+        data = ray.data.DataContext.get_current()
+        default = data.target_max_block_size
+        batch = self.limits.tokenize_bytes if self.limits else TOKENIZE_BYTES
+        data.target_max_block_size = TOKEN.itemsize * batch  # a task's output block: about one batch's tokens
+        try:
+            ds = ray.data.from_items(items, override_num_blocks=len(items))  # the dataset keeps a copy of `data`
+        finally:
+            data.target_max_block_size = default
+        ds = ds.map_batches(
+            ray_tasks.scan_files,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs=kwargs,
+            compute=ray.data.TaskPoolStrategy(size=self.workers or None),
+            **self.options,
         )
         blocks = list(ds.to_arrow_refs())
-        rows = [
-            (b, r, row)
-            for b, meta in enumerate(ray.get([ray_tasks.metadata.remote(ref) for ref in blocks]))
-            for r, row in enumerate(meta.to_pylist())
-        ]
-        rows.sort(key=lambda x: x[2]["index"])
-        return [dict(row, block=b, row=r) for b, r, row in rows], blocks
-
-    def _merge(self, rows: list[dict]) -> DropScan:
-        """The per-file results merged as `DropScan.documents` would have gathered them, file after file."""
-        scan = DropScan(self.source, self.ref.drop_id, self.settings.ingest.max_document_bytes)
-        for row in rows:
-            if row["digest"]:
-                scan.digests[row["name"]] = row["digest"]
-            scan.n_document_files += row["n_document_files"]
-            scan.contents.n_bytes += row["n_bytes"]
-            scan.contents.issues += [DropIssue(*issue) for issue in json.loads(row["issues"])]
-            if row["manifest"]:
-                scan.contents.manifest = DropManifest.model_validate_json(row["manifest"])
-        scan.finish()
-        return scan
+        calls = [lambda ref=ref: ray_tasks.metadata.options(**self.options).remote(ref) for ref in blocks]
+        return scan_metadata(ray.get(run_capped(calls, self.workers))), blocks
 
     def content_hash(self) -> str:
-        rows, _ = self._scan_files(parse=False, tokenize=False)
-        return self._merge(rows).contents.content_hash
+        meta, _ = self._scan_files(parse=False, tokenize=False)
+        return merge_files(meta, self._drop_scan()).contents.content_hash
+
+    def _drop_scan(self) -> DropScan:
+        return DropScan(self.source, self.ref.drop_id, self.settings.ingest.max_document_bytes)
 
     def scan(self, content: str, tokenize: bool = True) -> Scanned:
-        rows, blocks = self._scan_files(parse=True, tokenize=tokenize)
-        scan = self._merge(rows)
+        meta, blocks = self._scan_files(parse=True, tokenize=tokenize)
+        scan = merge_files(meta, self._drop_scan())
         out = Scanned(scan.contents, tokenized=tokenize)
-        seen: set[bytes] = set()
-        store = self.store  # filled in place: plan_drop may hold it while a re-scan adds the tokens
-        if tokenize:
-            store.where, store.counts, store.blocks = [], [], blocks
-        for row in rows:
-            out.n_documents += row["n_documents"]
-            out.hashes += row["hashes"]
-            if not tokenize:
-                continue
-            offset = 0
-            for h, n in zip(row["tok_hashes"], row["tok_lengths"], strict=True):
-                raw = bytes.fromhex(h)
-                if raw not in seen:  # a document repeated across files: its first file's tokens
-                    seen.add(raw)
-                    store.where.append((row["block"], row["row"], offset))
-                    store.counts.append(n)
-                offset += n
+        files = fill_scanned(meta, out)
+        if tokenize and scan.contents.ok:  # filled in place: plan_drop may hold it while a re-scan adds the tokens
+            store = token_store(meta, files, out.hashes, blocks)
+            self.store.where, self.store.counts, self.store.blocks = store.where, store.counts, store.blocks
         return unchanged(out, content, self.ref.drop_id)
 
     def plan(self, memory: Memory, scanned: Scanned, content: str) -> Plan:
         def rescan() -> Scanned:
             return self.scan(content)
 
-        plan = plan_drop(memory, scanned, self.settings, self.tokenizer, self.store, rescan, cluster=False)
+        args = (memory, scanned, self.settings, self.tokenizer, self.store, rescan)
+        plan = plan_drop(*args, cluster=False, limits=self.limits)
         if plan.packed is None:
             return plan
         cfg, tok = self.settings.ingest, self.tokenizer
@@ -187,7 +196,7 @@ class RayEngine:
             self.store.lengths()[plan.at],
             scanned.hashes.take(plan.keep),
             (cfg.context_length, tok.eos_id, tok.pad_id, cfg.holdout_fraction, cfg.min_holdout_sequences),
-            np.asarray(self.store.where, dtype=np.int64).reshape(-1, 3)[plan.at],
+            self.store.where[plan.at],
             self.store.blocks,
         )
         self.spec = ray.put(spec)
@@ -201,8 +210,9 @@ class RayEngine:
         if n_train == 0:
             raise ValueError("cannot cluster a drop with no train sequences")
         sample = fit_sample(n_train, cfg.seed)
-        tokens, lengths = ray.get(ray_tasks.sample_rows.remote(self.spec, sample))
-        centers = fit_centers(Packed(tokens, lengths, sample), cfg.clusters_per_drop, cfg.seed)
+        tokens, lengths = ray.get(ray_tasks.sample_rows.options(**self.options).remote(self.spec, sample))
+        chunk = {} if self.limits is None else {"chunk_tokens": self.limits.chunk_tokens}
+        centers = fit_centers(Packed(tokens, lengths, sample), cfg.clusters_per_drop, cfg.seed, **chunk)
         if centers is None:
             return np.zeros(n_train, np.int32), np.zeros(n_holdout, np.int32)
         centers, train = drop_unused(centers, self._labels("train", n_train, centers))
@@ -210,8 +220,9 @@ class RayEngine:
         return train.astype(np.int32), holdout.astype(np.int32)
 
     def _labels(self, split: str, n: int, centers: np.ndarray) -> np.ndarray:
-        ref = ray.put(centers)
-        parts = ray.get([ray_tasks.labels.remote(self.spec, split, a, b, ref) for a, b in task_ranges(n)])
+        ref, task = ray.put(centers), ray_tasks.labels.options(**self.options)
+        calls = [lambda a=a, b=b: task.remote(self.spec, split, a, b, ref) for a, b in self._ranges(n)]
+        parts = ray.get(run_capped(calls, self.workers))
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
     def write(self, mem: Memory, rec: DropRecord, plan: Plan, meta: dict, documents: pa.Table) -> None:
@@ -222,25 +233,42 @@ class RayEngine:
         target = {"uri": uri, "data_storage_version": file_version, "storage_options": mem.options}
         clusters, schema = ray.put(plan.clusters), sequences_schema(meta)
         n = rec.sequences + rec.holdout_sequences
-        digest = ray_tasks.digest.remote(self.spec, clusters)
-        writes = [ray_tasks.write_rows.remote(self.spec, clusters, schema, a, b, target) for a, b in task_ranges(n)]
-        advance = self.bars.counter(f"write {rec.drop_id} (ray)", len(writes))
-        fragments = []
-        for ref in writes:  # in write order: the commit appends them in this order
-            fragments += [FragmentMetadata.from_json(f) for f in ray.get(ref)]
-            advance(1)
+        write, ranges = ray_tasks.write_rows.options(**self.options), self._ranges(n)
+        calls = [lambda: ray_tasks.digest_rows.options(**self.options).remote(self.spec, clusters)]
+        calls += [lambda a=a, b=b: write.remote(self.spec, clusters, schema, a, b, target) for a, b in ranges]
+        advance = self.bars.counter(f"write {rec.drop_id} (ray)", len(calls))
+        digest, *writes = run_capped(calls, self.workers, advance)
+        fragments = [FragmentMetadata.from_json(f) for part in ray.get(writes) for f in part]  # in write order
         bookkeeping(rec, plan.packed, plan.clusters, digest=ray.get(digest))
         _hold_for_tests()
         mem.commit_fragments(fragments, read_version, rec, meta, documents)
 
+    def _ranges(self, n: int) -> list[tuple[int, int]]:
+        """[start, stop) ranges covering n rows: at least MIN_TASK_ROWS each, at most two tasks per CPU of the
+        cluster (or per worker, ingest.workers)."""
+        if n == 0:
+            return []
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        size = max(MIN_TASK_ROWS, math.ceil(n / (2 * min(cpus, self.workers or cpus))))
+        return [(a, min(a + size, n)) for a in range(0, n, size)]
 
-def task_ranges(n: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering n rows: at least MIN_TASK_ROWS each, at most two tasks per CPU of the cluster."""
-    if n == 0:
-        return []
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    size = max(MIN_TASK_ROWS, math.ceil(n / (2 * cpus)))
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+def run_capped(calls: list, cap: int, advance=None) -> list:
+    """Submit the tasks (`calls` return an ObjectRef) in order with at most `cap` running at once (0: all at once;
+    Ray runs as many as the cluster's CPUs and memory can place); their refs, in order, once all are done."""
+    refs, running = [], []
+    for call in calls:
+        while cap and len(running) >= cap:
+            done, running = ray.wait(running, num_returns=1)
+            if advance:
+                advance(len(done))
+        refs.append(call())
+        running.append(refs[-1])
+    while running:
+        done, running = ray.wait(running, num_returns=1)
+        if advance:
+            advance(len(done))
+    return refs
 
 
 def _hold_for_tests() -> None:
@@ -252,9 +280,13 @@ def _hold_for_tests() -> None:
 
 
 def worker_error(exc: BaseException) -> BaseException:
-    """The exception a worker raised, unwrapped from Ray's (and Ray Data's) task errors."""
+    """The exception a worker raised, unwrapped from Ray's (and Ray Data's) task errors, without the retry advice
+    Ray Data appends to its message (RETRY_NOTE)."""
     while True:
         inner = getattr(exc, "cause", None) or exc.__cause__
         if not isinstance(inner, BaseException):
-            return exc
+            break
         exc = inner
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (RETRY_NOTE.split(exc.args[0], maxsplit=1)[0], *exc.args[1:])
+    return exc
