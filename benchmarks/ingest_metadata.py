@@ -5,7 +5,7 @@
 Writes a drop of real text (benchmarks/scale_ingest.py `write_drop`: distinct 2-16 kB documents), then runs the
 local engine's steps one by one, under tracemalloc (numpy's buffers are traced too), in a fresh memory:
   scan    `LocalEngine.scan` (tokenize into the spill): what it keeps per document, and its peak above that;
-  plan    `plan_drop` without clustering (labels: int32 zeros, as `assign_clusters` returns), so the k-means fit,
+  plan    `plan_drop` without clustering (labels: uint16 zeros, as `assign_clusters` returns), so the k-means fit,
           a fixed cost, is left out: what the plan keeps per row, and its peak (the memory lookup, the split);
   digest  `packed_digest`, and `commit` (every `record_batches` batch built and dropped, nothing written): their
           peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop).
@@ -69,7 +69,7 @@ def main() -> None:
         tracemalloc.reset_peak()
         plan = plan_drop(memory, scanned, s, tok, engine.spill, lambda: engine.scan(content), cluster=False)
         packed = plan.packed
-        clusters = (np.zeros(len(packed.train.lengths), np.int32), np.zeros(len(packed.holdout.lengths), np.int32))
+        clusters = (np.zeros(len(packed.train.lengths), np.uint16), np.zeros(len(packed.holdout.lengths), np.uint16))
         after, peak = tracemalloc.get_traced_memory()
         n_rows = len(packed.train.lengths) + len(packed.holdout.lengths)
         out |= {"rows": n_rows, "plan_kept_per_row": (after - kept) / n_rows, "plan_peak_mb": (peak - kept) / 2**20}
