@@ -16,6 +16,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import normalize
 
 from components.core.packing import Packed
+from components.ingest.write_order import label_counts
 
 FIT_SAMPLE = 20_000  # k-means is fit on at most this many train sequences, then every sequence is assigned
 CHUNK = 8_192  # sequences featurized at once when assigning, which bounds memory on large drops ...
@@ -175,7 +176,7 @@ def drop_unused(centers: np.ndarray, train_labels: np.ndarray) -> tuple[np.ndarr
     """Hash collisions or a sample unlike the rest can leave a center without train sequences: drop it, so every
     arm can be sampled from; the train labels are renumbered 0..k_used-1 (by a table: no per-row temporary wider
     than the labels)."""
-    used = np.flatnonzero(np.bincount(train_labels, minlength=len(centers)))
+    used = np.flatnonzero(label_counts(train_labels, minlength=len(centers)))
     if used.size < len(centers):
         renumber = np.zeros(len(centers), dtype=train_labels.dtype)
         renumber[used] = np.arange(used.size)

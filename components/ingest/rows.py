@@ -23,7 +23,7 @@ import pyarrow as pa
 from components.adapters.manifest import columns_digest
 from components.adapters.records import DropRecord
 from components.core.packing import SplitPacked
-from components.ingest.write_order import SEGMENT_ROWS, WriteOrder
+from components.ingest.write_order import SEGMENT_ROWS, WriteOrder, label_counts
 
 BATCH_ROWS = 4096
 
@@ -125,7 +125,11 @@ def packed_digest(
             for _, part, _, _ in parts
             for start in range(0, len(part.lengths), batch_rows)
         ),
-        "cluster": [cluster for _, _, cluster, _ in parts],
+        "cluster": (  # uint16 labels, widened to 8 bytes by the digest a block at a time
+            cluster[start : start + batch_rows]
+            for _, part, cluster, _ in parts
+            for start in range(0, len(part.lengths), batch_rows)
+        ),
         "doc_hash": [hashes for _, _, _, hashes in parts],  # hex-encoded a block at a time
         "tokens": (  # built block by block (part.tokens may be a LazyRows over the token spill): one pass
             part.tokens[start : start + batch_rows]
@@ -146,4 +150,4 @@ def bookkeeping(
     """Fill the record's row digest (`digest` when a Ray worker hashed the rows) and train rows per cluster (its
     fragments are added by the commit)."""
     rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters, batch_rows)
-    rec.arm_rows = json.dumps(np.bincount(clusters[0], minlength=rec.clusters).tolist())  # DropIndex
+    rec.arm_rows = json.dumps(label_counts(clusters[0], minlength=rec.clusters).tolist())  # DropIndex

@@ -19,6 +19,18 @@ SCAN_ROWS = 1 << 20  # labels compared at once
 SEGMENT_ROWS = 1 << 20  # rows of the order asked for at once by the commit (8 MB of positions)
 
 
+def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """`np.bincount(labels, minlength=minlength)` SCAN_ROWS at a time: bincount widens its input to int64 first,
+    8 bytes a row for the whole array at once."""
+    counts = np.zeros(minlength, dtype=np.int64)
+    for start in range(0, len(labels), SCAN_ROWS):
+        block = np.bincount(labels[start : start + SCAN_ROWS], minlength=minlength)
+        if len(block) > len(counts):
+            counts = np.concatenate([counts, np.zeros(len(block) - len(counts), np.int64)])
+        counts[: len(block)] += block
+    return counts
+
+
 class WriteOrder:
     """Positions of the train rows in write order; `order[a:b]` is an int64 array, the same as
     `np.argsort(labels, kind="stable")[a:b]`."""
@@ -27,7 +39,7 @@ class WriteOrder:
         self.labels = np.asarray(labels)
         self.offsets = np.zeros(1, dtype=np.int64)
         if self.labels.size:
-            self.offsets = np.concatenate([[0], np.cumsum(np.bincount(self.labels))])  # cluster c: [off[c], off[c+1])
+            self.offsets = np.concatenate([[0], np.cumsum(label_counts(self.labels))])  # cluster c: [off[c], off[c+1])
 
     def __len__(self) -> int:
         return len(self.labels)
