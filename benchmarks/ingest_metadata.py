@@ -8,7 +8,9 @@ local engine's steps one by one, under tracemalloc (numpy's buffers are traced t
   plan    `plan_drop` without clustering (labels: uint16 zeros, as `assign_clusters` returns), so the k-means fit,
           a fixed cost, is left out: what the plan keeps per row, and its peak (the memory lookup, the split);
   digest  `packed_digest`, and `commit` (every `record_batches` batch built and dropped, nothing written): their
-          peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop).
+          peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop);
+  cluster `assign_clusters` (k-means fit on the sample, every row labelled): the labels it keeps per row, and
+          its peak (the fit, a fixed cost, and any per-row temporaries).
 Run it with PYTHONPATH at two checkouts (before and after a change): it uses only interfaces both share.
 Appends one JSON line to benchmarks/results/ingest_metadata.jsonl.
 """
@@ -33,6 +35,7 @@ from components.adapters.memory import Memory  # noqa: E402
 from components.adapters.records import sequences_schema  # noqa: E402
 from components.core.config import load_settings  # noqa: E402
 from components.core.text import load_tokenizer  # noqa: E402
+from components.ingest.clustering import assign_clusters  # noqa: E402
 from components.ingest.drops import open_source  # noqa: E402
 from components.ingest.engine_local import LocalEngine  # noqa: E402
 from components.ingest.pipeline import Bars, memory_meta  # noqa: E402
@@ -81,6 +84,11 @@ def main() -> None:
         for _ in record_batches(DROP, packed, clusters, schema, lambda n: None):
             pass
         out["commit_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
+        tracemalloc.reset_peak()
+        labels = assign_clusters(packed.train, packed.holdout, s.ingest.clusters_per_drop, s.ingest.seed)
+        kept, peak = tracemalloc.get_traced_memory()
+        out |= {"cluster_kept_per_row": (kept - after) / n_rows, "cluster_peak_mb": (peak - after) / 2**20}
+        out["label_dtype"] = str(labels[0].dtype)
         tracemalloc.stop()
     out["cpu_s"] = round(time.process_time() - t0, 1)
     out["load_1m"] = os.getloadavg()[0]

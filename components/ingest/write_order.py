@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCAN_ROWS = 1 << 20  # labels compared at once
+SCAN_ROWS = 1 << 18  # labels compared at once (~4 MB of temporaries: positions, ranks)
 SEGMENT_ROWS = 1 << 20  # rows of the order asked for at once by the commit (8 MB of positions)
 
 
