@@ -86,7 +86,14 @@ is the unit of work, so this drop's three equal files split 2 + 1.
 2 GB (one run, byte tokenizer, workers 2: the default on 2 cores): 209 s wall, 137 CPU s, 9.8 MB/s, 3.79 M rows;
 peak RSS 881 MB (ingest) / 967 MB (tree), under the 2,048 MB bound. From 500 MB to 2 GB (workers 2) the ingest's
 peak grew 699 -> 881 MB: the per-document and per-row metadata, ~0.12 MB per MB of text at context_length 512,
-under the 0.19 MB/MB components.ingest.limits assumes. Its floor: 28.7 CPU s against the tokenizer's 3.9."""
+under the 0.19 MB/MB components.ingest.limits assumes. Its floor: 28.7 CPU s against the tokenizer's 3.9.
+
+Context 128, no per-row array but the uint16 labels (rows with context 128; workers 2; default 2,048 MB bound):
+500 MB 606 / 703 MB peak RSS (ingest / tree), 95 s wall, 75 CPU s (load 5.1); 4,096 MB (4.3 G tokens, 30.3 M
+train rows) 864 / 960 MB, 544 s wall, 612 CPU s, 7.5 MB/s (load 1.3). Main's code refuses that drop
+(check_metadata: ~1,500 MB of metadata against 1,453 MB left; ~33.7 M rows at 40 B). An earlier 4,096 MB run at
+71484f9 (labels counted by np.bincount, which widens them to 8 B a row): 930 / 997 MB, 948 s wall at load 3-6.
+Same rows_hash at 500 MB from both (0e5c7092), and 40cec0db at 4,096 MB from both."""
 
 
 def documents(target_bytes: int):
@@ -270,6 +277,7 @@ def markdown(rows: list[dict], info: dict) -> str:
         [
             r["text_mb"],
             r["tokenizer"],
+            r.get("context_length", 512),
             r.get("workers", 1),
             f"{r['ingest']['peak_rss_mb']} / {r['ingest'].get('tree_peak_rss_mb', '-')}",
             r["ingest_mb_s"],
@@ -281,7 +289,7 @@ def markdown(rows: list[dict], info: dict) -> str:
         ]
         for r in rows
     ]
-    headers = ["MB", "tokenizer", "workers", "peak RSS MB (ingest / tree)", "ingest MB/s", "wall / CPU s"]
+    headers = ["MB", "tokenizer", "context", "workers", "peak RSS MB (ingest / tree)", "ingest MB/s", "wall / CPU s"]
     headers += ["tok. alone MB/s", "ratio wall / CPU"]
     headers += ["floor MB/s", "load 1m"]
     return (
