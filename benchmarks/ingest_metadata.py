@@ -6,10 +6,12 @@
 Writes a drop of real text (benchmarks/scale_ingest.py `write_drop`: distinct 2-16 kB documents), then runs the
 local engine's steps one by one, under tracemalloc (numpy's buffers are traced too), in a fresh memory:
   scan    `LocalEngine.scan` (tokenize into the spill): what it keeps per document, and its peak above that;
-  plan    `plan_drop` without clustering (labels: int32 zeros, as `assign_clusters` returns), so the k-means fit,
+  plan    `plan_drop` without clustering (labels: uint16 zeros, as `assign_clusters` returns), so the k-means fit,
           a fixed cost, is left out: what the plan keeps per row, and its peak (the memory lookup, the split);
   digest  `packed_digest`, and `commit` (every `record_batches` batch built and dropped, nothing written): their
-          peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop).
+          peak above what is kept, per row (a batch of rows is a fixed cost; the rest grows with the drop);
+  cluster `assign_clusters` (k-means fit on the sample, every row labelled): the labels it keeps per row, and
+          its peak (the fit, a fixed cost, and any per-row temporaries).
 With `--engine ray` the Ray engine's driver is measured (scan and plan, on a local Ray with this machine's CPUs):
 the workers scan, hash and write, so digest and commit are left out; `arrow_scan_peak_mb` is the Arrow pool's peak
 (the workers' metadata tables as the driver merges them: Arrow's buffers are not traced).
@@ -39,6 +41,7 @@ from components.adapters.memory import Memory  # noqa: E402
 from components.adapters.records import sequences_schema  # noqa: E402
 from components.core.config import load_settings  # noqa: E402
 from components.core.text import load_tokenizer  # noqa: E402
+from components.ingest.clustering import assign_clusters  # noqa: E402
 from components.ingest.drops import open_source  # noqa: E402
 from components.ingest.engine_local import LocalEngine  # noqa: E402
 from components.ingest.pipeline import Bars, memory_meta  # noqa: E402
@@ -80,7 +83,7 @@ def main() -> None:
         store = engine.store if args.engine == "ray" else engine.spill
         plan = plan_drop(memory, scanned, s, tok, store, lambda: engine.scan(content), cluster=False)
         packed = plan.packed
-        clusters = (np.zeros(len(packed.train.lengths), np.int32), np.zeros(len(packed.holdout.lengths), np.int32))
+        clusters = (np.zeros(len(packed.train.lengths), np.uint16), np.zeros(len(packed.holdout.lengths), np.uint16))
         after, peak = tracemalloc.get_traced_memory()
         n_rows = len(packed.train.lengths) + len(packed.holdout.lengths)
         out |= {"rows": n_rows, "plan_kept_per_row": (after - kept) / n_rows, "plan_peak_mb": (peak - kept) / 2**20}
@@ -94,6 +97,11 @@ def main() -> None:
         for _ in record_batches(DROP, packed, clusters, schema, lambda n: None):
             pass
         out["commit_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
+        tracemalloc.reset_peak()
+        labels = assign_clusters(packed.train, packed.holdout, s.ingest.clusters_per_drop, s.ingest.seed)
+        kept, peak = tracemalloc.get_traced_memory()
+        out |= {"cluster_kept_per_row": (kept - after) / n_rows, "cluster_peak_mb": (peak - after) / 2**20}
+        out["label_dtype"] = str(labels[0].dtype)
     _finish(out, args, work, t0)
 
 

@@ -1,7 +1,8 @@
 """Ingest at scale (not in CI): peak RSS, MB/s and CPU seconds against drop size, and against the tokenizer alone.
 
     python benchmarks/scale_ingest.py [--sizes 50,200,500] [--workers 1,2] [--bpe DIR --bpe-max-mb 50] [--work DIR]
-                                      [--max-memory-mb 2048] [--out DIR] [--name scale_ingest]
+                                      [--max-memory-mb 2048] [--context-length 512] [--out DIR]
+                                      [--name scale_ingest]
 
 Drops of real text from this machine (stdlib sources, C headers, man pages, licences) re-cut into distinct
 2-16 kB documents (each starts with its own number, so none is a duplicate), written as JSON lines in files of a
@@ -85,7 +86,14 @@ is the unit of work, so this drop's three equal files split 2 + 1.
 2 GB (one run, byte tokenizer, workers 2: the default on 2 cores): 209 s wall, 137 CPU s, 9.8 MB/s, 3.79 M rows;
 peak RSS 881 MB (ingest) / 967 MB (tree), under the 2,048 MB bound. From 500 MB to 2 GB (workers 2) the ingest's
 peak grew 699 -> 881 MB: the per-document and per-row metadata, ~0.12 MB per MB of text at context_length 512,
-under the 0.19 MB/MB components.ingest.limits assumes. Its floor: 28.7 CPU s against the tokenizer's 3.9."""
+under the 0.19 MB/MB components.ingest.limits assumes. Its floor: 28.7 CPU s against the tokenizer's 3.9.
+
+Context 128, no per-row array but the uint16 labels (rows with context 128; workers 2; default 2,048 MB bound):
+500 MB 606 / 703 MB peak RSS (ingest / tree), 95 s wall, 75 CPU s (load 5.1); 4,096 MB (4.3 G tokens, 30.3 M
+train rows) 864 / 960 MB, 544 s wall, 612 CPU s, 7.5 MB/s (load 1.3). Main's code refuses that drop
+(check_metadata: ~1,500 MB of metadata against 1,453 MB left; ~33.7 M rows at 40 B). An earlier 4,096 MB run at
+71484f9 (labels counted by np.bincount, which widens them to 8 B a row): 930 / 997 MB, 948 s wall at load 3-6.
+Same rows_hash at 500 MB from both (0e5c7092), and 40cec0db at 4,096 MB from both."""
 
 
 def documents(target_bytes: int):
@@ -128,8 +136,8 @@ def write_drop(root: Path, mb: int) -> Path:
     return drop
 
 
-def settings(home: str, tokenizer: str, workers: int = 1, max_memory_mb: int = 2048):
-    s = load_settings(None, **{"ingest.tokenizer": tokenizer, "ingest.context_length": 512})
+def settings(home: str, tokenizer: str, workers: int = 1, max_memory_mb: int = 2048, context_length: int = 512):
+    s = load_settings(None, **{"ingest.tokenizer": tokenizer, "ingest.context_length": context_length})
     s.ingest.workers, s.ingest.max_memory_mb = workers, max_memory_mb
     s.home = Path(home)
     return s
@@ -162,11 +170,12 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-def phase_ingest(root: str, home: str, tokenizer: str, workers: int, max_memory_mb: int) -> dict:
+def phase_ingest(root: str, home: str, tokenizer: str, workers: int, max_memory_mb: int, context_length: int) -> dict:
     sampler = TreeSampler()
     sampler.start()
     cpu, t0 = _cpu(), time.perf_counter()
-    [result] = ingest_source(settings(home, tokenizer, workers, max_memory_mb), root, show_progress=False)
+    cfg = settings(home, tokenizer, workers, max_memory_mb, context_length)
+    [result] = ingest_source(cfg, root, show_progress=False)
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu
     sampler.stop.set()
     sampler.join()
@@ -216,7 +225,9 @@ def run_isolated_tree(fn, *args) -> dict:
         return pool.submit(_measured, fn, args).result()
 
 
-def run_size(work: Path, mb: int, bpe: str | None, bpe_max_mb: int, workers: list[int], max_memory_mb: int) -> list:
+def run_size(
+    work: Path, mb: int, bpe: str | None, bpe_max_mb: int, workers: list[int], max_memory_mb: int, context_length: int
+) -> list:
     root = work / f"drops-{mb}"
     shutil.rmtree(root, ignore_errors=True)
     drop = write_drop(root, mb)
@@ -234,13 +245,14 @@ def run_size(work: Path, mb: int, bpe: str | None, bpe_max_mb: int, workers: lis
         for w in workers:
             shutil.rmtree(home, ignore_errors=True)
             load = os.getloadavg()
-            ingest = run_isolated_tree(phase_ingest, str(root), str(home), tokenizer, w, max_memory_mb)
+            ingest = run_isolated_tree(phase_ingest, str(root), str(home), tokenizer, w, max_memory_mb, context_length)
             row = {
                 "text_mb": text_mb,
                 "files_mb": round(size_mb, 1),
                 "tokenizer": "byte" if tokenizer == "byte" else "SmolLM2 BPE",
                 "workers": w,
                 "max_memory_mb": max_memory_mb,
+                "context_length": context_length,
                 "load_avg_1m": round(load[0], 2),
                 "load_avg_1m_after": round(os.getloadavg()[0], 2),
                 "ingest": ingest,
@@ -265,6 +277,7 @@ def markdown(rows: list[dict], info: dict) -> str:
         [
             r["text_mb"],
             r["tokenizer"],
+            r.get("context_length", 512),
             r.get("workers", 1),
             f"{r['ingest']['peak_rss_mb']} / {r['ingest'].get('tree_peak_rss_mb', '-')}",
             r["ingest_mb_s"],
@@ -276,7 +289,7 @@ def markdown(rows: list[dict], info: dict) -> str:
         ]
         for r in rows
     ]
-    headers = ["MB", "tokenizer", "workers", "peak RSS MB (ingest / tree)", "ingest MB/s", "wall / CPU s"]
+    headers = ["MB", "tokenizer", "context", "workers", "peak RSS MB (ingest / tree)", "ingest MB/s", "wall / CPU s"]
     headers += ["tok. alone MB/s", "ratio wall / CPU"]
     headers += ["floor MB/s", "load 1m"]
     return (
@@ -296,6 +309,7 @@ def main() -> None:
     parser.add_argument("--bpe-max-mb", type=int, default=50)
     parser.add_argument("--workers", default="1", help="ingest.workers values, e.g. 1,2")
     parser.add_argument("--max-memory-mb", type=int, default=2048)
+    parser.add_argument("--context-length", type=int, default=512, help="ingest.context_length")
     parser.add_argument("--name", default="scale_ingest", help="results file name (without .json / .md)")
     parser.add_argument("--work", default="/tmp/amr-scale-ingest")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -304,7 +318,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows, workers = [], [int(w) for w in args.workers.split(",")]
     for mb in [int(x) for x in args.sizes.split(",")]:
-        rows += run_size(work, mb, args.bpe, args.bpe_max_mb, workers, args.max_memory_mb)
+        rows += run_size(work, mb, args.bpe, args.bpe_max_mb, workers, args.max_memory_mb, args.context_length)
     info = machine_info(("tokenizers", "pylance", "pyarrow")) | {"git": _git()}
     write_results(Path(args.out), args.name, {"machine": info, "rows": rows}, markdown(rows, info))
 

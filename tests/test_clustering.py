@@ -68,7 +68,7 @@ def test_python_and_license_text_fall_into_different_clusters(seed):
     train_rows, holdout_rows = rows[rows % 10 != 0], rows[rows % 10 == 0]
     train, holdout = subset(packed, train_rows), subset(packed, holdout_rows)
     train_labels, holdout_labels = assign_clusters(train, holdout, k=2, seed=seed)
-    assert train_labels.dtype == np.int32 and holdout_labels.dtype == np.int32
+    assert train_labels.dtype == np.uint16 and holdout_labels.dtype == np.uint16  # 2 bytes a row (LABEL)
     assert set(train_labels.tolist()) == {0, 1}
     assert purity(train_labels, truth[train_rows]) > 0.9
     assert purity(holdout_labels, truth[holdout_rows]) > 0.9

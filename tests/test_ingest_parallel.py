@@ -201,9 +201,9 @@ def test_a_drop_whose_metadata_alone_passes_the_bound_is_refused_before_planning
     limits = derive_limits(2048, 1, 128, base_mb=300)
     check_metadata(limits, "d1", 200_000, 2_000_000)  # ~2 GB of text at context_length 128: fits
     with pytest.raises(ValueError) as exc:
-        check_metadata(limits, "d1", 4_000_000, 40_000_000)  # ~5 GB of text at context_length 128
+        check_metadata(limits, "d1", 20_000_000, 200_000_000)  # ~25 GB of text at context_length 128
     message = str(exc.value)
     assert message.startswith("drop d1: ") and "\n" not in message
     need = int(message.split("raise ingest.max_memory_mb to ")[1].split()[0])
     assert need > 2048
-    check_metadata(derive_limits(need, 1, 128, base_mb=300), "d1", 4_000_000, 40_000_000)  # the fix it names works
+    check_metadata(derive_limits(need, 1, 128, base_mb=300), "d1", 20_000_000, 200_000_000)  # the fix it names works

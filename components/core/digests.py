@@ -16,12 +16,18 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from components.core.lazy import LazyArray
+
 _HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
 BLOCK = 4096  # values hex-encoded at a time while iterating
 
 
 def digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _index(idx) -> np.ndarray | LazyArray:
+    return idx if isinstance(idx, LazyArray) else np.asarray(idx, dtype=np.int64)
 
 
 def hex_array(raw: np.ndarray) -> np.ndarray:
@@ -34,13 +40,14 @@ class Digests:
     """A growable sequence of sha256 digests that reads as hex strings: `d[i]` is a str, `d[array]` a Digests.
 
     `raw` is the 'S32' array; a Digests taken by an index array (`take`) shares its base and holds only the int64
-    indices, so per-row hashes cost 8 bytes a row.
+    indices; taken by a LazyArray (components.core.lazy: a packed row's first document, computed per block) it holds
+    no per-row array at all.
     """
 
     def __init__(self, values: Iterable[str | bytes] = (), base: np.ndarray | None = None, idx=None) -> None:
         self._base = np.empty(0, dtype="S32") if base is None else base
         self._n = len(self._base) if base is not None and idx is None else 0
-        self._idx = None if idx is None else np.asarray(idx, dtype=np.int64)
+        self._idx = None if idx is None else _index(idx)
         self.extend(values)
 
     @staticmethod
@@ -70,14 +77,16 @@ class Digests:
     @property
     def raw(self) -> np.ndarray:
         """The digests as an 'S32' array (a view for a growable Digests, a gathered copy for a taken one)."""
-        return self._base[: self._n] if self._idx is None else self._base[self._idx]
+        return self._base[: self._n] if self._idx is None else self._base[np.asarray(self._idx)]
 
     def __len__(self) -> int:
         return self._n if self._idx is None else len(self._idx)
 
     def take(self, idx) -> Digests:
-        idx = np.asarray(idx, dtype=np.int64)
-        return Digests(base=self._base, idx=idx if self._idx is None else self._idx[idx])
+        idx = _index(idx)
+        if self._idx is None:
+            return Digests(base=self._base, idx=idx)
+        return Digests(base=self._base, idx=idx.map(self._idx) if isinstance(idx, LazyArray) else self._idx[idx])
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):

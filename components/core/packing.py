@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.core.digests import Digests
+from components.core.lazy import LazyArray
 
 
 class DropTooSmall(ValueError):
@@ -41,8 +42,8 @@ def holdout_mask(hashes: Sequence[str], holdout_fraction: float) -> np.ndarray:
 @dataclass
 class Packed:
     tokens: np.ndarray  # [N, L] int32, padded with pad_id (a LazyRows, built on demand, from split_layouts)
-    lengths: np.ndarray  # [N] int32 real tokens per row (== L except possibly the last)
-    first_doc: np.ndarray  # [N] int64 index of the document owning the row's first token
+    lengths: np.ndarray  # [N] int32 real tokens per row (== L except possibly the last; a LazyArray from split_layouts)
+    first_doc: np.ndarray  # [N] int64 index of the document owning the row's first token (a LazyArray there too)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -75,7 +76,7 @@ def pack(token_lists: Sequence[np.ndarray], context_length: int, eos_id: int, pa
 class SplitPacked:
     train: Packed
     holdout: Packed
-    train_doc_hashes: Digests  # per sequence: hash of its first_doc (an index into the documents' digests)
+    train_doc_hashes: Digests  # per sequence: hash of its first_doc (taken by first_doc: no per-row array)
     holdout_doc_hashes: Digests
     doc_in_holdout: np.ndarray  # [n_docs] bool: each input document's split
 
@@ -153,7 +154,8 @@ class Layout:
     The documents (`docs`, input indices, in input order) are concatenated, each followed by eos, and cut into rows
     of `context_length`, exactly as `pack` does, but no row exists until `rows(a, b)` builds it from
     `fetch(doc) -> tokens`. Ingest fetches from its token spill (components.ingest.spill), so a drop of any size is
-    packed with memory for its metadata (a few ints per document and per row) and one range of rows.
+    packed with memory for its metadata (a few ints per document, none per row: a row's length and first document
+    are computed when read, `lengths` and `first`) and one range of rows.
     """
 
     def __init__(self, docs: np.ndarray, doc_lengths: np.ndarray, context_length: int, eos_id: int, pad_id: int, fetch):
@@ -161,15 +163,19 @@ class Layout:
         spans = np.asarray(doc_lengths, dtype=np.int64) + 1  # one eos after each document
         self.starts = np.cumsum(spans) - spans
         self.total = int(spans.sum())
-        n_rows = -(-self.total // context_length)
-        self.lengths = np.full(n_rows, context_length, dtype=np.int32)
-        if n_rows:
-            self.lengths[-1] = self.total - (n_rows - 1) * context_length
-        # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
-        positions = np.arange(n_rows, dtype=np.int64) * context_length
-        first = np.searchsorted(self.starts, positions, side="right") - 1  # local index of each row's first doc
-        self.first = first.astype(np.int32 if len(docs) < 2**31 else np.int64)  # 4 bytes a row, not 8
+        self.n_rows = -(-self.total // context_length)
+        # Per row, computed per block (components.core.lazy): no array grows with the rows.
+        self.lengths = LazyArray(self.n_rows, self._lengths, np.int32)  # == L except the last row
+        self.first = LazyArray(self.n_rows, self._first, np.int64)  # local index of each row's first document
         self._last: tuple[int, np.ndarray | None] = (-1, None)  # the last document fetched (see `_doc`)
+
+    def _lengths(self, rows: np.ndarray) -> np.ndarray:
+        last = self.total - (self.n_rows - 1) * self.L
+        return np.where(rows == self.n_rows - 1, last, self.L).astype(np.int32)
+
+    def _first(self, rows: np.ndarray) -> np.ndarray:
+        # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
+        return np.searchsorted(self.starts, rows * self.L, side="right") - 1
 
     def _doc(self, d: int) -> np.ndarray:
         """Document d's tokens; the last one is kept, so a long document read by several runs of rows in a row (the
@@ -205,7 +211,7 @@ class LazyRows:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.shape = (len(layout.lengths), layout.L)
+        self.shape = (layout.n_rows, layout.L)
         self.dtype = np.dtype(np.int32)
 
     def __len__(self) -> int:
@@ -247,7 +253,7 @@ def split_layouts(
 
     def layout(idx: np.ndarray) -> tuple[Packed, Digests]:
         lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
-        first_doc = idx[lay.first].astype(np.int64) if len(lay.first) else np.empty(0, np.int64)
+        first_doc = lay.first.map(idx)  # input index of each row's first document, per block
         return Packed(LazyRows(lay), lay.lengths, first_doc), hashes.take(first_doc)
 
     train, train_hashes = layout(np.flatnonzero(~mask))
@@ -266,7 +272,7 @@ def split_and_pack(
 ) -> SplitPacked:
     """Split documents by hash, then pack each split in input order; `first_doc` indexes the input documents.
 
-    The in-memory form of `split_layouts` (same code), with every row built."""
+    The in-memory form of `split_layouts` (same code), with every row and per-row value built as plain arrays."""
     if len(token_lists) != len(hashes):
         raise ValueError(f"{len(token_lists)} token lists but {len(hashes)} hashes")
     lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
@@ -274,4 +280,7 @@ def split_and_pack(
     packed = split_layouts(lengths, hashes, *args, fetch=token_lists.__getitem__)
     for part in (packed.train, packed.holdout):
         part.tokens = part.tokens[0 : len(part.lengths)]
+        part.lengths, part.first_doc = np.asarray(part.lengths), np.asarray(part.first_doc)
+    packed.train_doc_hashes = packed.train_doc_hashes.take(np.arange(len(packed.train_doc_hashes)))
+    packed.holdout_doc_hashes = packed.holdout_doc_hashes.take(np.arange(len(packed.holdout_doc_hashes)))
     return packed

@@ -16,6 +16,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import normalize
 
 from components.core.packing import Packed
+from components.ingest.write_order import label_counts
 
 FIT_SAMPLE = 20_000  # k-means is fit on at most this many train sequences, then every sequence is assigned
 CHUNK = 8_192  # sequences featurized at once when assigning, which bounds memory on large drops ...
@@ -23,6 +24,7 @@ CHUNK_TOKENS = 1 << 20  # ... and at most this many tokens (~40 bytes of tempora
 N_FEATURES = 2**14  # hashed n-gram buckets
 TABLE_VOCAB = 1024  # token ids below this: buckets looked up in tables (1 M bigrams), not hashed per token
 N_INIT = 1  # 3 cost 3x the fit (the largest part of an ingest's time) for no arm quality the tests could see
+LABEL = np.uint16  # a row's cluster: 2 bytes a row (clusters_per_drop <= 1024), cast per record batch when written
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -108,26 +110,31 @@ def sequence_features(tokens: np.ndarray, lengths: np.ndarray, n_features: int =
     return normalize(x, norm="l2", copy=False)
 
 
+def _chunks(packed: Packed, rows: np.ndarray | None, chunk_tokens: int) -> Iterator[tuple[slice, object]]:
+    """(where in the output, which rows) for CHUNK rows at a time: slices of the part when `rows` is None (no array
+    of every row number), else pieces of `rows`."""
+    n = len(packed) if rows is None else len(rows)
+    step = max(1, min(CHUNK, chunk_tokens // max(1, packed.tokens.shape[1])))
+    for i in range(0, n, step):
+        out = slice(i, min(i + step, n))
+        yield out, (out if rows is None else rows[out])
+
+
 def _features_in_chunks(packed: Packed, rows: np.ndarray | None = None, chunk_tokens: int = CHUNK_TOKENS):
     """Features of CHUNK rows at a time, built as consumed: a drop's rows (and their tokens, which may be built
     from the ingest's token spill) are never all in memory at once."""
-    idx = np.arange(len(packed)) if rows is None else rows
-    step = max(1, min(CHUNK, chunk_tokens // max(1, packed.tokens.shape[1])))
-    for i in range(0, idx.size, step):
-        yield sequence_features(packed.tokens[idx[i : i + step]], packed.lengths[idx[i : i + step]])
+    for _, idx in _chunks(packed, rows, chunk_tokens):
+        yield sequence_features(packed.tokens[idx], packed.lengths[idx])
 
 
-def _argmin_chunks(chunks: Iterator[sp.csr_matrix], centers: np.ndarray) -> np.ndarray:
+def _nearest(x: sp.csr_matrix, c64: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """Nearest center of each row: argmin of ||c||^2 - 2 x.c in float64 (||x||^2 is the same for every center).
 
     This is the expansion scikit-learn's `pairwise_distances_argmin` computes too (its Euclidean ArgKmin: GEMM in
     float64), as one sparse-dense product: 0.11 s against 2.5 s on the 41 k rows of a 20 MB drop, with not one
     label different there and the same row digests in benchmarks/scale_ingest.py. Ties go to the lower center.
     """
-    c64 = np.asarray(centers, dtype=np.float64)
-    norms = (c64**2).sum(axis=1)
-    labels = [np.argmin(norms[None, :] - 2.0 * np.asarray(c @ c64.T), axis=1) for c in chunks]
-    return np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+    return np.argmin(norms[None, :] - 2.0 * np.asarray(x @ c64.T), axis=1)
 
 
 def fit_sample(n_train: int, seed: int) -> np.ndarray:
@@ -156,16 +163,24 @@ def fit_centers(sample: Packed, k: int, seed: int, chunk_tokens: int = CHUNK_TOK
 def label_rows(
     part: Packed, centers: np.ndarray, rows: np.ndarray | None = None, chunk_tokens: int = CHUNK_TOKENS
 ) -> np.ndarray:
-    """Nearest center of each of `rows` (default: all) of `part`, featurized CHUNK rows at a time."""
-    return _argmin_chunks(_features_in_chunks(part, rows, chunk_tokens), centers)
+    """Nearest center (LABEL) of each of `rows` (default: all) of `part`, featurized CHUNK rows at a time."""
+    c64 = np.asarray(centers, dtype=np.float64)
+    norms = (c64**2).sum(axis=1)
+    out = np.empty(len(part) if rows is None else len(rows), dtype=LABEL)
+    for where, idx in _chunks(part, rows, chunk_tokens):
+        out[where] = _nearest(sequence_features(part.tokens[idx], part.lengths[idx]), c64, norms)
+    return out
 
 
 def drop_unused(centers: np.ndarray, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hash collisions or a sample unlike the rest can leave a center without train sequences: drop it, so every
-    arm can be sampled from; the train labels are renumbered 0..k_used-1."""
-    used = np.unique(train_labels)
+    arm can be sampled from; the train labels are renumbered 0..k_used-1 (by a table: no per-row temporary wider
+    than the labels)."""
+    used = np.flatnonzero(label_counts(train_labels, minlength=len(centers)))
     if used.size < len(centers):
-        return centers[used], np.searchsorted(used, train_labels)
+        renumber = np.zeros(len(centers), dtype=train_labels.dtype)
+        renumber[used] = np.arange(used.size)
+        return centers[used], renumber[train_labels]
     return centers, train_labels
 
 
@@ -174,7 +189,7 @@ def assign_clusters(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit k-means on (a seeded sample of) the train sequences; label train and holdout by nearest center.
 
-    Cluster ids are int32 in 0..k_used-1, where k_used <= k_eff counts the clusters that own at least one train
+    Cluster ids are LABEL (uint16) in 0..k_used-1, where k_used <= k_eff counts the clusters that own at least one train
     sequence: every arm can always be sampled from. Deterministic for the same input and seed. The Ray engine runs
     the same steps with the labelling on its workers (components.ingest.engine_ray).
     """
@@ -184,7 +199,6 @@ def assign_clusters(
     sample = fit_sample(n_train, seed)
     centers = fit_centers(Packed(train.tokens[sample], train.lengths[sample], sample), k, seed, chunk_tokens)
     if centers is None:
-        return np.zeros(n_train, np.int32), np.zeros(len(holdout), np.int32)
+        return np.zeros(n_train, LABEL), np.zeros(len(holdout), LABEL)
     centers, train_labels = drop_unused(centers, label_rows(train, centers, None, chunk_tokens))
-    holdout_labels = label_rows(holdout, centers, None, chunk_tokens)
-    return train_labels.astype(np.int32), holdout_labels.astype(np.int32)
+    return train_labels, label_rows(holdout, centers, None, chunk_tokens)

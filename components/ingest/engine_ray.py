@@ -64,7 +64,7 @@ from components.core.config import Settings
 from components.core.packing import Packed
 from components.core.text import Tokenizer
 from components.ingest import ray_tasks
-from components.ingest.clustering import drop_unused, fit_centers, fit_sample
+from components.ingest.clustering import LABEL, drop_unused, fit_centers, fit_sample
 from components.ingest.drops import DropRef, DropScan, DropSource
 from components.ingest.limits import MB, Limits
 from components.ingest.ray_scan import TokenStore, fill_scanned, merge_files, scan_metadata, token_store
@@ -214,10 +214,10 @@ class RayEngine:
         chunk = {} if self.limits is None else {"chunk_tokens": self.limits.chunk_tokens}
         centers = fit_centers(Packed(tokens, lengths, sample), cfg.clusters_per_drop, cfg.seed, **chunk)
         if centers is None:
-            return np.zeros(n_train, np.int32), np.zeros(n_holdout, np.int32)
+            return np.zeros(n_train, LABEL), np.zeros(n_holdout, LABEL)
         centers, train = drop_unused(centers, self._labels("train", n_train, centers))
         holdout = self._labels("holdout", n_holdout, centers)
-        return train.astype(np.int32), holdout.astype(np.int32)
+        return train.astype(LABEL), holdout.astype(LABEL)
 
     def _labels(self, split: str, n: int, centers: np.ndarray) -> np.ndarray:
         ref, task = ray.put(centers), ray_tasks.labels.options(**self.options)

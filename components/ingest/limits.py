@@ -8,19 +8,21 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
   * one batch at a time of each stream: the texts being tokenized (TOKEN_COST bytes per byte of text), the rows
     being featurized for the cluster assignment (FEATURE_COST bytes per token) and the rows of a record batch
     being written (ROW_COST bytes per token);
-  * per-document and per-row metadata, which grows with the drop (benchmarks/ingest_metadata.py, tracemalloc, a
-    50 MB drop at context_length 128: benchmarks/results/ingest_metadata.md). A document's hash is 32 raw bytes in
-    one numpy array (components.core.digests) beside its spill offsets (~60 bytes kept); the scan's set of the
-    distinct digests (~110 bytes, freed after the scan) and np.unique over the digests while the drop is planned
-    (~115 bytes, transient) put the peak at ~DOC_COST bytes. A row holds its length, its first document (as an
-    index; its hash is an index into the digest array, hex-encoded per record batch) and its cluster (~29 bytes
-    kept), plus the write order while the commit runs: ~ROW_META_COST bytes. The row digest and the commit copy
-    per batch, never the whole drop. At the default context_length 128 that is ~0.34 MB per MB of text in
-    documents of ~8 kB (it was ~0.66 MB with the hashes as Python strs, DOC_COST 250 and ROW_META_COST 80): a
-    2,048 MB bound holds the metadata of drops up to ~3.9 GB of text (~9.5 GB at context_length 512, where a row
-    holds 4x the text; ~2 GB and ~5.2 GB before); `check_metadata` refuses a larger drop before it is planned,
-    with that fix. (What remains grows with the drop: ~40 bytes a row of numpy arrays; keeping them on disk is
-    the next step if drops grow past that.)
+  * per-document metadata, which grows with the drop (benchmarks/ingest_metadata.py, tracemalloc, a 50 MB drop at
+    context_length 128: benchmarks/results/ingest_metadata.md). A document's hash is 32 raw bytes in one numpy
+    array (components.core.digests) beside its spill offsets (~60 bytes kept) and its place in the layout (~35
+    bytes); the scan's set of the distinct digests (~110 bytes, freed after the scan) and np.unique over the
+    digests while the drop is planned (~115 bytes, transient) put the peak at ~DOC_COST bytes;
+  * per row, only its cluster label (uint16, 2 bytes; 4 while the labels are renumbered after the fit):
+    ROW_META_COST. A row's length, first document and document hash are computed per block from the per-document
+    arrays (components.core.lazy, components.core.packing.Layout) and the write order per range from the labels
+    (components.ingest.write_order); the row digest and the commit copy per batch. At the default context_length
+    128 that is ~0.03 MB per MB of text for the rows plus ~0.03 MB for ~8 kB documents (~0.34 MB with ~40 bytes
+    a row of numpy arrays before, ~0.66 MB with the hashes as Python strs): a 2,048 MB bound holds the metadata
+    of drops up to ~23 GB of text at context_length 128 (~29 GB at 512, where the k-means sample takes more;
+    ~3.9 GB and ~9.6 GB before). What still grows is per document: ~95 bytes kept, ~DOC_COST at the peak, so a
+    drop of small documents reaches the bound sooner (~5.8 GB of 1 kB documents at context_length 128, ~2.6 GB
+    before). `check_metadata` refuses a larger drop before it is planned, with the fix.
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
@@ -45,7 +47,7 @@ TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-
 FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
 ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
 DOC_COST = 200  # bytes per document at the metadata's peak (module docstring; measured ~170)
-ROW_META_COST = 40  # bytes per row (measured ~29 kept + 8 for the write order)
+ROW_META_COST = 4  # bytes per row: its uint16 label, twice while renumbered (was 40: ~29 kept + 8 of write order)
 WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
 WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)
 HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches in flight (+110-145 MB measured)

@@ -23,14 +23,16 @@ import pyarrow as pa
 from components.adapters.manifest import columns_digest
 from components.adapters.records import DropRecord
 from components.core.packing import SplitPacked
+from components.ingest.write_order import SEGMENT_ROWS, WriteOrder, label_counts
 
 BATCH_ROWS = 4096
 
 
-def train_order(train_clusters: np.ndarray) -> np.ndarray:
+def train_order(train_clusters: np.ndarray) -> WriteOrder:
     """Positions of the train rows in write order: grouped by cluster, clusters ascending, positions ascending inside
-    each (a stable sort), so every (drop, cluster) arm is one range of row ids (DropIndex)."""
-    return np.argsort(np.asarray(train_clusters), kind="stable")
+    each (a stable sort), so every (drop, cluster) arm is one range of row ids (DropIndex). Read by ranges
+    (`order[a:b]`), computed from the labels per range (components.ingest.write_order): no per-row array."""
+    return WriteOrder(train_clusters)
 
 
 def _rows(tokens, idx: np.ndarray) -> np.ndarray:
@@ -43,10 +45,11 @@ def _rows(tokens, idx: np.ndarray) -> np.ndarray:
 
 
 def write_parts(packed: SplitPacked, clusters: tuple[np.ndarray, np.ndarray]) -> list[tuple]:
-    """(split, part, cluster labels, doc hashes per row, positions in write order) of each split, in write order."""
+    """(split, part, cluster labels, doc hashes per row, positions in write order: read by ranges, None for the
+    position order) of each split, in write order."""
     return [
         ("train", packed.train, clusters[0], packed.train_doc_hashes, train_order(clusters[0])),
-        ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, np.arange(len(packed.holdout.lengths))),
+        ("holdout", packed.holdout, clusters[1], packed.holdout_doc_hashes, None),
     ]
 
 
@@ -61,29 +64,40 @@ def record_batches(
     batch_rows: int = BATCH_ROWS,
 ) -> Iterator[pa.RecordBatch]:
     """The drop's rows [start, stop) of the write order (see the module docstring) as record batches, so the commit
-    streams; the Ray engine writes each range as its own fragments (components.ingest.engine_ray)."""
+    streams; the Ray engine writes each range as its own fragments (components.ingest.engine_ray). The write order
+    is read SEGMENT_ROWS positions at a time (a whole number of batches), the batches cut from that."""
     width = schema.field("tokens").type.list_size
+    segment = batch_rows * max(1, SEGMENT_ROWS // batch_rows)
     offset = 0  # write-order index of the split's first row
     for split, part, cluster, hashes, order in write_parts(packed, clusters):
         n = len(part.lengths)
         lo, hi = max(start - offset, 0), min(n if stop is None else stop - offset, n)
         offset += n
-        for first in range(lo, hi, batch_rows):
-            idx = order[first : min(first + batch_rows, hi)]
-            flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array([drop_id] * len(idx), pa.string()),
-                    pa.array([split] * len(idx), pa.string()),
-                    pa.array(idx.astype(np.int32)),
-                    pa.FixedSizeListArray.from_arrays(flat, width),
-                    pa.array(part.lengths[idx].astype(np.int32)),
-                    pa.array(np.asarray(cluster)[idx].astype(np.int32)),
-                    hashes.take(idx).to_arrow(),  # hex-encoded per batch (components.core.digests)
-                ],
-                schema=schema,
-            )
-            advance(len(idx))
+        for seg in range(lo, hi, segment):
+            end = min(seg + segment, hi)
+            positions = np.arange(seg, end) if order is None else order[seg:end]
+            yield from _batches(drop_id, split, part, cluster, hashes, positions, schema, width, batch_rows, advance)
+
+
+def _batches(drop_id, split, part, cluster, hashes, positions, schema, width, batch_rows, advance):
+    """Record batches of `batch_rows` of the split's rows at `positions` (in that order); the labels (uint16,
+    components.ingest.clustering) and lengths are cast to the schema's int32 per batch."""
+    for first in range(0, len(positions), batch_rows):
+        idx = positions[first : first + batch_rows]
+        flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array([drop_id] * len(idx), pa.string()),
+                pa.array([split] * len(idx), pa.string()),
+                pa.array(idx.astype(np.int32)),
+                pa.FixedSizeListArray.from_arrays(flat, width),
+                pa.array(part.lengths[idx].astype(np.int32)),
+                pa.array(np.asarray(cluster)[idx].astype(np.int32)),
+                hashes.take(idx).to_arrow(),  # hex-encoded per batch (components.core.digests)
+            ],
+            schema=schema,
+        )
+        advance(len(idx))
 
 
 def packed_digest(
@@ -106,9 +120,17 @@ def packed_digest(
             for _, part, _, _ in parts
             for start in range(0, len(part.lengths), batch_rows)
         ),
-        "length": [part.lengths for _, part, _, _ in parts],
-        "cluster": [cluster for _, _, cluster, _ in parts],
-        "doc_hash": [hashes for _, _, _, hashes in parts],
+        "length": (  # computed per block (a LazyArray over the layout: components.core.lazy)
+            part.lengths[start : start + batch_rows]
+            for _, part, _, _ in parts
+            for start in range(0, len(part.lengths), batch_rows)
+        ),
+        "cluster": (  # uint16 labels, widened to 8 bytes by the digest a block at a time
+            cluster[start : start + batch_rows]
+            for _, part, cluster, _ in parts
+            for start in range(0, len(part.lengths), batch_rows)
+        ),
+        "doc_hash": [hashes for _, _, _, hashes in parts],  # hex-encoded a block at a time
         "tokens": (  # built block by block (part.tokens may be a LazyRows over the token spill): one pass
             part.tokens[start : start + batch_rows]
             for _, part, _, _ in parts
@@ -128,4 +150,4 @@ def bookkeeping(
     """Fill the record's row digest (`digest` when a Ray worker hashed the rows) and train rows per cluster (its
     fragments are added by the commit)."""
     rec.rows_hash = digest or packed_digest(rec.drop_id, packed, clusters, batch_rows)
-    rec.arm_rows = json.dumps(np.bincount(clusters[0], minlength=rec.clusters).tolist())  # DropIndex
+    rec.arm_rows = json.dumps(label_counts(clusters[0], minlength=rec.clusters).tolist())  # DropIndex
