@@ -378,9 +378,9 @@ def test_local_source_refuses_escaping_names_even_when_asked_directly(tmp_path):
     write_drop(tmp_path, {"ok.txt": "x", "out.txt": Link("../d0/secret.txt")})
     source = LocalSource(tmp_path)
     with pytest.raises(UnsafeNameError, match="'..' segment"):
-        source.read_bytes("d1", "../d0/secret.txt")
+        source.opener("d1", "../d0/secret.txt")
     with pytest.raises(UnsafeNameError, match="outside the drop"):
-        source.read_bytes("d1", "out.txt")
+        source.opener("d1", "out.txt")
     with pytest.raises(ValueError, match="invalid drop id"):
         source.list_files("..")
 

@@ -98,7 +98,7 @@ def test_s3_key_with_dotdot_is_flagged_and_never_fetched(bucket):
     assert "absolute path" in contents.issues[1].reason
     assert len(fetched) == 1 and fetched[0].endswith("/p/d1/ok.txt")
     with pytest.raises(UnsafeNameError):
-        source.read_bytes("d1", "../d0/secret.txt")
+        source.opener("d1", "../d0/secret.txt")
     assert len(fetched) == 1
 
 

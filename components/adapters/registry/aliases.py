@@ -10,9 +10,8 @@ from typing import Protocol
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
-from components.adapters.registry.tracking import TAG_LIMIT, RegistryError, truncate
+from components.adapters.registry.tracking import TAG_LIMIT, RegistryError, or_none, truncate
 
 CHAMPION, PREVIOUS = "champion", "previous"
 REASONS_LIMIT = TAG_LIMIT  # the full text is in gate/report.md
@@ -86,12 +85,9 @@ def previous_version(client: MlflowClient, name: str) -> ModelVersion | None:
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    model = or_none(client.get_registered_model, name)
+    if model is None:
+        return None
     version = model.aliases.get(alias)
     return client.get_model_version(name, str(version)) if version is not None else None
 

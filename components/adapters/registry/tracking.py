@@ -196,16 +196,22 @@ def unfinished_run(settings: Settings, tags: Mapping[str, str]) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def or_none(get, *args):
+    """`get(*args)`, or None where MLflow answers that the run, model or version does not exist (other errors
+    propagate)."""
+    try:
+        return get(*args)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def reopen_run(run_id: str) -> bool:
     """Mark an interrupted run RUNNING again to resume logging into it; False if the store has no such run."""
     client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    if run.info.lifecycle_stage != "active":
+    run = or_none(client.get_run, run_id)
+    if run is None or run.info.lifecycle_stage != "active":
         return False
     if run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")

@@ -91,14 +91,9 @@ class LocalSource:
             names += [(rel / leaf).as_posix() for leaf in filenames + linked_dirs]
         return sorted(names)
 
-    def read_bytes(self, drop_id: str, name: str) -> bytes:
-        opener, _ = self.opener(drop_id, name)
-        with opener() as file:
-            return file.read()
-
     def opener(self, drop_id: str, name: str) -> tuple[Callable[[], BinaryIO], int]:
         """A function opening the file for reading (a stream, never the whole file in memory) and its size; the
-        same checks as `read_bytes`, made once, before anything is read."""
+        name is checked once, before anything is read."""
         _refuse_unsafe(name)
         drop_dir = self._drop_dir(drop_id).resolve()
         target = (drop_dir / name).resolve()
@@ -148,11 +143,6 @@ class S3Source:
                 self._listed[key] = (size, etag)
                 names.append(key[len(prefix) :])
         return sorted(names)
-
-    def read_bytes(self, drop_id: str, name: str) -> bytes:
-        opener, _ = self.opener(drop_id, name)
-        with opener() as file:
-            return file.read()
 
     def opener(self, drop_id: str, name: str) -> tuple[Callable[[], BinaryIO], int]:
         """A function opening the object as a buffered, seekable, resuming stream (see the module docstring)."""
