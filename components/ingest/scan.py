@@ -1,15 +1,18 @@
 """One drop scanned as a stream into metadata plus a token spill, and the plan of what its commit writes.
 
 The scan reads the drop file by file (components.ingest.drops.DropScan: one pass per file, parsed line by line or
-row group by row group and hashed as it streams), hashes each document and tokenizes the first occurrence of each
-hash in batches of at most TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small
+row group by row group and hashed as it streams), hashes each document and tokenizes every non-empty document in
+batches of at most TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small
 ingest.max_memory_mb: components.ingest.limits), appending the tokens to the spill (components.ingest.spill).
 With ingest.workers > 1 a local drop's files are scanned by worker processes instead, with the same result
-(components.ingest.parallel).
+(components.ingest.parallel); the Ray engine's workers do the same into their token blocks.
 No text is kept: memory holds the documents' hashes (32-byte digests in one numpy array, components.core.digests),
-the spill's offsets and one batch; during the scan also a set of the distinct digests seen (to tokenize each once).
-A document's spill index is the rank of its first occurrence among the drop's distinct documents, so no map from
-hash to spill index is kept: `Scanned.spill_index` recomputes it with np.unique when the drop is planned.
+the spill's offsets and one batch. A document's spill index is its index in `Scanned.hashes`.
+Why every document, repeats included: tokenizing only the first occurrence of each hash needs the set of the
+digests seen so far (~110 bytes a distinct document, growing with the drop: issue 11 wants memory flat in the drop
+size) and a rank map afterwards. Repeats inside a drop are rare in what producers send; each costs its
+tokenization (the scan's CPU) and its tokens' bytes on the spill's disk, never memory, and only its first
+occurrence is stored (components.ingest.dedup decides which, partitioned on disk).
 The plan (deduplication, split, every row's place) is decided from that metadata
 (components.core.packing.split_layouts); rows are built from the spill only when hashed, clustered and written.
 
@@ -47,15 +50,7 @@ class Scanned:
     contents: DropContents  # issues, manifest, content hash; `documents` stays empty
     n_documents: int = 0  # every document read, empty ones included
     hashes: Digests = field(default_factory=Digests)  # every non-empty document's hash, in drop order
-    tokenized: bool = False  # each distinct document is in the spill, in the order of first occurrence
-    seen: set[bytes] | None = None  # while scanning only: the digests already tokenized
-
-    def spill_index(self, docs: np.ndarray) -> np.ndarray:
-        """The spill index of each of `docs` (first occurrences, indices into `hashes`): its rank among the first
-        occurrences of the drop's distinct hashes, the order every engine's scan tokenizes them in."""
-        _, first = np.unique(self.hashes.raw, return_index=True)
-        first.sort()
-        return np.searchsorted(first, np.asarray(docs, dtype=np.int64))
+    tokenized: bool = False  # every document is in the spill, at its index in `hashes`
 
 
 def scan_drop(
@@ -67,7 +62,7 @@ def scan_drop(
     spill: Spill | None,
     limits: Limits | None = None,
 ) -> Scanned:
-    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it.
+    """Read, check and hash every document; with a `spill`, tokenize each non-empty one into it.
 
     With `limits.workers` > 1 a local drop's files are scanned by worker processes (components.ingest.parallel,
     the same result); otherwise, and for drops too small for a pool, in this process, tokenizing batches of at
@@ -77,14 +72,10 @@ def scan_drop(
     if limits is not None and limits.workers > 1 and isinstance(source, LocalSource):
         job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes, TOKENIZE_DOCS)
         scanned = Scanned(DropContents(ref.drop_id, [], content_hash({}), 0, None), tokenized=spill is not None)
-        scanned.seen = set()
-        done = scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned)
-        scanned.seen = None
-        if done:
+        if scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned):
             return scanned
     scan = DropScan(source, ref.drop_id, settings.ingest.max_document_bytes, bars.counter(f"read {ref.drop_id}", None))
     out = Scanned(scan.contents, tokenized=spill is not None)
-    seen: set[bytes] = set()
     advance = bars.counter(f"tokenize {ref.drop_id}", None)
     batch: list[str] = []
     size = 0
@@ -94,9 +85,8 @@ def scan_drop(
             continue
         h = digest(doc.text)
         out.hashes.append(h)
-        if spill is None or h in seen or scan.contents.issues:  # a drop with issues is rejected
+        if spill is None or scan.contents.issues:  # a drop with issues is rejected
             continue
-        seen.add(h)
         batch.append(doc.text)
         size += len(doc.text)
         if len(batch) >= TOKENIZE_DOCS or size >= batch_bytes:
@@ -169,7 +159,7 @@ def plan_drop(
     if not scanned.tokenized:
         scanned.tokenized = rescan().tokenized
     keep_hashes = scanned.hashes.take(plan.keep)
-    at = plan.at = scanned.spill_index(plan.keep)
+    at = plan.at = plan.keep  # spill index == index in hashes (module docstring)
     lengths = spill.lengths()[at]
     if limits is not None:
         n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
