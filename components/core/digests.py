@@ -79,6 +79,11 @@ class Digests:
         """The digests as an 'S32' array (a view for a growable Digests, a gathered copy for a taken one)."""
         return self._base[: self._n] if self._idx is None else self._base[np.asarray(self._idx)]
 
+    def raw_block(self, start: int, stop: int) -> np.ndarray:
+        """Values [start, stop) as 'S32' (a view for a growable Digests, a gather of that block for a taken one)."""
+        stop = min(stop, len(self))
+        return self._base[start:stop] if self._idx is None else self._base[np.asarray(self._idx[start:stop])]
+
     def __len__(self) -> int:
         return self._n if self._idx is None else len(self._idx)
 

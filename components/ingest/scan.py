@@ -34,6 +34,7 @@ from components.core.config import Settings
 from components.core.digests import Digests, digest
 from components.core.packing import DropTooSmall, SplitPacked, split_layouts
 from components.core.text import Tokenizer
+from components.ingest import dedup
 from components.ingest.clustering import assign_clusters
 from components.ingest.drops import DropContents, DropRef, DropScan, DropSource, LocalSource, content_hash
 from components.ingest.limits import Limits, check_metadata
@@ -42,7 +43,6 @@ from components.ingest.spill import Spill
 
 TOKENIZE_DOCS = 256
 TOKENIZE_BYTES = 8 << 20
-KNOWN_CHUNK = 1 << 17  # distinct hashes per memory lookup: bounds the hex strings a lookup holds (~20 MB)
 
 
 @dataclass
@@ -111,19 +111,14 @@ class Plan:
     at: np.ndarray | None = None  # token-store index of each stored document (split_layouts input order)
 
 
-def new_documents(memory: Memory, hashes: Digests) -> np.ndarray:
-    """Indices of the documents to store, ascending: the first of each hash that no live drop stored yet.
+def new_documents(memory: Memory, hashes: Digests, settings: Settings, drop_id: str, limits: Limits | None = None):
+    """Indices of the documents to store, ascending: the first of each hash that no live drop stored yet, decided
+    bucket by bucket on disk (components.ingest.dedup), buckets of at most a tokenize batch's bytes."""
+    return dedup.new_documents(memory, hashes, settings.home / "tmp", drop_id, bucket_bytes(limits))
 
-    The memory is asked about the distinct hashes KNOWN_CHUNK at a time, so the hex strings a lookup needs are
-    bounded whatever the drop's size."""
-    raw, first = np.unique(hashes.raw, return_index=True)
-    new = np.ones(len(raw), dtype=bool)
-    unique = Digests(base=raw)
-    for start in range(0, len(raw), KNOWN_CHUNK):
-        wanted = [v.decode() for v in unique.hex(start, start + KNOWN_CHUNK)]
-        known = memory.known_documents(wanted)
-        new[start : start + len(wanted)] = [h not in known for h in wanted]
-    return np.sort(first[new]).astype(np.int64)
+
+def bucket_bytes(limits: Limits | None) -> int:
+    return TOKENIZE_BYTES if limits is None else limits.tokenize_bytes
 
 
 def unchanged(scanned: Scanned, content: str, drop_id: str) -> Scanned:
@@ -153,7 +148,8 @@ def plan_drop(
     a drop whose metadata alone would pass ingest.max_memory_mb is refused here (ValueError), before the layout.
     """
     cfg = settings.ingest
-    plan = Plan(memory.version, new_documents(memory, scanned.hashes))
+    drop_id = scanned.contents.drop_id
+    plan = Plan(memory.version, new_documents(memory, scanned.hashes, settings, drop_id, limits))
     if not len(plan.keep):
         return plan
     if not scanned.tokenized:
@@ -163,8 +159,11 @@ def plan_drop(
     lengths = spill.lengths()[at]
     if limits is not None:
         n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
-        check_metadata(limits, scanned.contents.drop_id, len(scanned.hashes), n_rows)
+        check_metadata(limits, drop_id, len(scanned.hashes), n_rows)
     try:
+        needed = (cfg.min_holdout_sequences - 1) * cfg.context_length + 1  # as split_layouts
+        where, size = settings.home / "tmp", bucket_bytes(limits)
+        mask = dedup.choose_holdout(lengths + 1, keep_hashes, cfg.holdout_fraction, needed, where, drop_id, size)
         plan.packed = split_layouts(
             lengths,
             keep_hashes,
@@ -174,6 +173,7 @@ def plan_drop(
             cfg.holdout_fraction,
             cfg.min_holdout_sequences,
             fetch=lambda doc: spill.tokens(int(at[doc])),
+            mask=mask,
         )
     except DropTooSmall as exc:
         plan.too_small = str(exc)
