@@ -143,3 +143,21 @@ def test_bucket_files_of_a_killed_ingest_are_removed_by_the_next(tmp_path):
     [res] = ingest_source(cfg, str(tmp_path / "drops"), show_progress=False)
     assert res.status == "ingested"
     assert not list(tmp.iterdir())
+
+
+def test_digests_grow_in_parts_and_read_as_one_array(monkeypatch):
+    """Appended digests wait in parts of CHUNK values (no doubling copy of the whole) and read back, whole, taken
+    or by block, as the values appended, also when appended to after a read."""
+    from components.core import digests as digests_module
+
+    monkeypatch.setattr(digests_module, "CHUNK", 7)
+    values = [digest(t) for t in python_docs(40)]
+    d = Digests()
+    for v in values[:20]:
+        d.append(v)
+    assert len(d._parts) == 3 and d.raw.tolist() == values[:20] and not d._parts  # gathered when read
+    taken = d.take([3, 19])
+    d += values[20:]
+    assert len(d) == 40 and len(d._parts) == 3
+    assert d.raw_block(15, 50).tolist() == values[15:] and d.raw.tolist() == values
+    assert taken.raw.tolist() == [values[3], values[19]] and list(taken) == [values[3].hex(), values[19].hex()]
