@@ -20,7 +20,7 @@ from components.core.lazy import LazyArray
 
 _HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
 BLOCK = 4096  # values hex-encoded at a time while iterating
-CHUNK = 1 << 16  # values appended per part (2 MB): see `Digests._base`
+CHUNK = 1 << 16  # values appended per part at most (2 MB): see `Digests._base`
 
 
 def digest(text: str) -> bytes:
@@ -49,7 +49,7 @@ class Digests:
         self._store = np.empty(0, dtype="S32") if base is None else base  # the values gathered in one array
         self._n = len(self._store) if base is not None and idx is None else 0
         self._idx = None if idx is None else _index(idx)
-        self._parts: list[np.ndarray] = []  # full CHUNKs appended since, then the one being filled
+        self._parts: list[np.ndarray] = []  # full parts appended since, then the one being filled
         self._fill = 0  # values in the last part
         self.extend(values)
 
@@ -60,8 +60,8 @@ class Digests:
     def append(self, value: str | bytes) -> None:
         if self._idx is not None:
             raise TypeError("a Digests taken by index is read-only")
-        if not self._parts or self._fill == CHUNK:
-            self._parts.append(np.empty(CHUNK, dtype="S32"))
+        if not self._parts or self._fill == len(self._parts[-1]):
+            self._parts.append(np.empty(min(CHUNK, max(1024, self._n)), dtype="S32"))  # ~doubling while small
             self._fill = 0
         self._parts[-1][self._fill] = self._raw(value)
         self._fill += 1
@@ -78,7 +78,7 @@ class Digests:
             self._store = out
             while self._parts:
                 part = self._parts.pop(0)
-                n = self._fill if not self._parts else CHUNK
+                n = self._fill if not self._parts else len(part)
                 out[at : at + n] = part[:n]
                 at += n
             self._fill = 0

@@ -14,20 +14,20 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     bytes). The scan keeps no set of digests (every document is tokenized: components.ingest.scan), and the
     deduplication and holdout choice run bucket by bucket on disk (components.ingest.dedup), so what they add is
     the kept indices and the split (8 + 1 bytes a kept document, 8 more while sorted) and a copy of the spill's
-    token counts (8 bytes): ~12 bytes a document measured above a fixed ~9 MB (benchmarks/dedup_memory.py,
-    benchmarks/results/dedup_memory.md; ~125 bytes with np.unique over the whole drop and ~110 more for the
+    token counts (8 bytes): ~12 bytes a document measured, above a fixed 10-30 MB (benchmarks/dedup_memory.py,
+    benchmarks/results/dedup_memory.md; ~90-115 bytes with np.unique over the whole drop, ~110 more for the
     scan's set before): the peak is ~DOC_COST bytes a document;
   * per row, only its cluster label (uint16, 2 bytes; 4 while the labels are renumbered after the fit):
     ROW_META_COST. A row's length, first document and document hash are computed per block from the per-document
     arrays (components.core.lazy, components.core.packing.Layout) and the write order per range from the labels
     (components.ingest.write_order); the row digest and the commit copy per batch. At the default context_length
-    128 that is ~0.03 MB per MB of text for the rows plus ~0.03 MB for ~8 kB documents (~0.34 MB with ~40 bytes
+    128 that is ~0.03 MB per MB of text for the rows plus ~0.015 MB for ~8 kB documents (~0.34 MB with ~40 bytes
     a row of numpy arrays before, ~0.66 MB with the hashes as Python strs): a 2,048 MB bound holds the metadata
-    of drops up to ~23 GB of text at context_length 128 (~29 GB at 512, where the k-means sample takes more;
-    ~3.9 GB and ~9.6 GB before). What still grows is per document: ~95 bytes kept, ~DOC_COST at the peak, so a
-    drop of small documents reaches the bound sooner (~8.7 GB of 1 kB documents at context_length 128; ~5.8 GB
-    with a DOC_COST of 200, ~2.6 GB before). `check_metadata` refuses a larger drop before it is planned, with
-    the fix.
+    of drops up to ~28 GB of text at context_length 128 (~43 GB at 512, where the k-means sample takes more;
+    ~23 GB and ~30 GB with a DOC_COST of 200, ~3.9 GB and ~9.6 GB before that). What still grows is per
+    document: ~95 bytes kept, ~DOC_COST at the peak, so a drop of small documents reaches the bound sooner
+    (~8.7 GB of 1 kB documents at context_length 128; ~5.8 GB with a DOC_COST of 200, ~2.6 GB before).
+    `check_metadata` refuses a larger drop before it is planned, with the fix.
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
