@@ -68,8 +68,8 @@ class Buckets:
         self.close()
 
     def close(self) -> None:
-        for path in self.paths:
-            path.unlink(missing_ok=True)
+        for b in np.flatnonzero(self.counts).tolist():  # counted before written: a failed write is removed too
+            self.paths[b].unlink(missing_ok=True)
 
     def add(self, records: np.ndarray) -> None:
         """Append records (in drop order) to their buckets."""
@@ -82,10 +82,10 @@ class Buckets:
         order = np.argsort(bucket, kind="stable")
         counts = np.bincount(bucket, minlength=len(self.paths))
         ends = np.cumsum(counts)
+        self.counts += counts
         for b in np.flatnonzero(counts):
             with open(self.paths[b], "ab") as out:
                 out.write(records[order[ends[b] - counts[b] : ends[b]]].tobytes())
-        self.counts += counts
 
     def read(self, b: int) -> np.ndarray:
         if not self.counts[b]:

@@ -191,6 +191,7 @@ class RowsSpec:
     layout_args: tuple  # context_length, eos_id, pad_id, holdout_fraction, min_holdout_sequences
     where: np.ndarray  # [n_docs, 3] int64: block, row in the block, token offset in the row
     blocks: list  # ObjectRefs of the scan's blocks (kept alive by this spec)
+    mask: np.ndarray | None = None  # each stored document's split, as the driver chose it (components.ingest.dedup)
 
 
 class BlockFetch:
@@ -225,7 +226,8 @@ def _cell(chunks: list, row: int):
 def rebuild(spec: RowsSpec) -> tuple[SplitPacked, Limits]:
     """The drop's rows as the driver planned them, and this task's batch sizes (`task_limits`)."""
     limits = task_limits(spec.layout_args[0])
-    return split_layouts(spec.lengths, spec.hashes, *spec.layout_args, fetch=BlockFetch(spec)), limits
+    packed = split_layouts(spec.lengths, spec.hashes, *spec.layout_args, fetch=BlockFetch(spec), mask=spec.mask)
+    return packed, limits
 
 
 @ray.remote
