@@ -167,3 +167,41 @@ def test_digests_grow_in_parts_and_read_as_one_array(monkeypatch):
 def same(raw: np.ndarray, values: list[bytes]) -> bool:
     """Byte for byte (`tolist` would strip a digest's trailing zero bytes)."""
     return raw.tobytes() == b"".join(values)
+
+
+INGEST = """
+import sys
+from pathlib import Path
+import components.ingest.scan as scan
+from components.ingest import ingest_source
+from tests.helpers import settings_for
+scan.bucket_bytes = lambda limits: 1  # 4,096 buckets: the deduplication takes seconds
+ingest_source(settings_for(Path(sys.argv[1])), sys.argv[2], False)
+"""
+
+
+def test_an_ingest_killed_while_deduplicating_leaves_buckets_the_next_removes(tmp_path):
+    """A real ingest, SIGKILLed once its bucket files exist; the next ingest removes them and ingests the drop."""
+    cfg = settings_for(tmp_path / "home")
+    tmp = cfg.home / "tmp"
+    docs = [line for text in python_docs(40) for line in text.splitlines() if line.strip()][:6000]
+    make_drop(tmp_path / "drops", "d1", {"a.jsonl": jsonl(docs)})
+    repo = Path(__file__).parents[1]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", INGEST, str(cfg.home), str(tmp_path / "drops")]
+    proc = subprocess.Popen(args, env=env, cwd=repo)
+    try:
+        buckets: list[Path] = []
+        for _ in range(3000):
+            buckets = list(tmp.glob("ingest-d1-dedup*")) if tmp.exists() else []
+            if len(buckets) > 100 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert len(buckets) > 100, "the ingest ended before its buckets were seen"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert list(tmp.glob(f"ingest-d1-dedup*-{proc.pid}"))  # left by the killed ingest
+    [res] = ingest_source(cfg, str(tmp_path / "drops"), show_progress=False)
+    assert res.status == "ingested" and res.record.duplicates == len(docs) - len(set(docs))
+    assert not list(tmp.iterdir())
