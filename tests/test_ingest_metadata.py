@@ -37,7 +37,7 @@ def test_digests_read_as_the_hex_strings_they_replace():
     assert list(taken) == [hexes[5], hexes[5], hexes[0]] and taken.raw.tolist() == d.raw[[5, 5, 0]].tolist()
 
 
-def test_a_scanned_drop_holds_raw_digests_and_spill_indices_by_first_occurrence(tmp_path: Path):
+def test_a_scanned_drop_holds_raw_digests_and_every_document_at_its_index(tmp_path: Path):
     texts = python_docs(20)
     drop_texts = texts[:12] + texts[3:5] + texts[12:]  # two repeats inside the drop
     make_drop(tmp_path / "drops", "d1", {"a.jsonl": jsonl(drop_texts)})
@@ -47,13 +47,13 @@ def test_a_scanned_drop_holds_raw_digests_and_spill_indices_by_first_occurrence(
     [ref] = source.list_drops()
     with Spill(cfg.home, "d1") as spill, Bars(False) as bars:
         scanned = scan_drop(source, ref, cfg, tok, bars, spill)
-        assert isinstance(scanned.hashes, Digests) and scanned.seen is None  # the scan's set is gone
+        assert isinstance(scanned.hashes, Digests) and not hasattr(scanned, "seen")  # no set of digests
         assert scanned.hashes.raw.tolist() == [hashlib.sha256(t.encode()).digest() for t in drop_texts]
         firsts = np.array([i for i, t in enumerate(drop_texts) if drop_texts.index(t) == i])
-        at = scanned.spill_index(firsts)
-        assert at.tolist() == list(range(20))
-        for i, a in zip(firsts, at, strict=True):
-            assert spill.tokens(int(a)).tolist() == tok.encode_batch([drop_texts[i]])[0].tolist()
+        assert len(spill) == len(drop_texts)  # repeats tokenized too: spill index == index in the drop
+        for i, text in enumerate(drop_texts):
+            assert spill.tokens(i).tolist() == tok.encode_batch([text])[0].tolist()
+        at = firsts
         keep = scanned.hashes.take(firsts)
         packed = split_layouts(spill.lengths()[at], keep, 128, tok.eos_id, tok.pad_id, 0.2, 1, fetch=spill.tokens)
     for part, per_row in ((packed.train, packed.train_doc_hashes), (packed.holdout, packed.holdout_doc_hashes)):

@@ -20,6 +20,7 @@ from components.core.lazy import LazyArray
 
 _HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
 BLOCK = 4096  # values hex-encoded at a time while iterating
+CHUNK = 1 << 16  # values appended per part at most (2 MB): see `Digests._base`
 
 
 def digest(text: str) -> bytes:
@@ -39,15 +40,17 @@ def hex_array(raw: np.ndarray) -> np.ndarray:
 class Digests:
     """A growable sequence of sha256 digests that reads as hex strings: `d[i]` is a str, `d[array]` a Digests.
 
-    `raw` is the 'S32' array; a Digests taken by an index array (`take`) shares its base and holds only the int64
-    indices; taken by a LazyArray (components.core.lazy: a packed row's first document, computed per block) it holds
-    no per-row array at all.
+    `raw` is the 'S32' array (appended values wait in parts of CHUNK values until it is read: `_base`); a Digests
+    taken by an index array (`take`) shares its base and holds only the int64 indices; taken by a LazyArray
+    (components.core.lazy: a packed row's first document, computed per block) it holds no per-row array at all.
     """
 
     def __init__(self, values: Iterable[str | bytes] = (), base: np.ndarray | None = None, idx=None) -> None:
-        self._base = np.empty(0, dtype="S32") if base is None else base
-        self._n = len(self._base) if base is not None and idx is None else 0
+        self._store = np.empty(0, dtype="S32") if base is None else base  # the values gathered in one array
+        self._n = len(self._store) if base is not None and idx is None else 0
         self._idx = None if idx is None else _index(idx)
+        self._parts: list[np.ndarray] = []  # full parts appended since, then the one being filled
+        self._fill = 0  # values in the last part
         self.extend(values)
 
     @staticmethod
@@ -57,12 +60,29 @@ class Digests:
     def append(self, value: str | bytes) -> None:
         if self._idx is not None:
             raise TypeError("a Digests taken by index is read-only")
-        if self._n == len(self._base):
-            grown = np.empty(max(1024, 2 * self._n), dtype="S32")
-            grown[: self._n] = self._base[: self._n]
-            self._base = grown
-        self._base[self._n] = self._raw(value)
+        if not self._parts or self._fill == len(self._parts[-1]):
+            self._parts.append(np.empty(min(CHUNK, max(1024, self._n)), dtype="S32"))  # ~doubling while small
+            self._fill = 0
+        self._parts[-1][self._fill] = self._raw(value)
+        self._fill += 1
         self._n += 1
+
+    @property
+    def _base(self) -> np.ndarray:
+        """The values in one array: the parts appended since the last call are gathered into it here, each part
+        freed once copied, so growing never holds two copies of the whole (doubling an array would)."""
+        if self._parts:
+            out = np.empty(self._n, dtype="S32")  # pages are touched as they are filled
+            at = len(self._store)
+            out[:at] = self._store
+            self._store = out
+            while self._parts:
+                part = self._parts.pop(0)
+                n = self._fill if not self._parts else len(part)
+                out[at : at + n] = part[:n]
+                at += n
+            self._fill = 0
+        return self._store
 
     def extend(self, values: Iterable[str | bytes]) -> None:
         if isinstance(values, Digests):
@@ -78,6 +98,11 @@ class Digests:
     def raw(self) -> np.ndarray:
         """The digests as an 'S32' array (a view for a growable Digests, a gathered copy for a taken one)."""
         return self._base[: self._n] if self._idx is None else self._base[np.asarray(self._idx)]
+
+    def raw_block(self, start: int, stop: int) -> np.ndarray:
+        """Values [start, stop) as 'S32' (a view for a growable Digests, a gather of that block for a taken one)."""
+        stop = min(stop, len(self))
+        return self._base[start:stop] if self._idx is None else self._base[np.asarray(self._idx[start:stop])]
 
     def __len__(self) -> int:
         return self._n if self._idx is None else len(self._idx)

@@ -104,32 +104,49 @@ def choose_holdout(
     raw, inverse = np.unique(digests.raw, return_inverse=True)  # raw digests sort as their hex strings do
     uniq = Digests(base=raw)
     if len(uniq) < 2:
-        raise DropTooSmall(
-            f"drop has {int(doc_tokens.sum())} tokens in {len(uniq)} distinct document(s); it needs at least two "
-            "distinct documents (one for training, one held out)"
-        )
-    order = np.argsort(hash_fractions(uniq), kind="stable")  # ties (practically never) fall back to hash order
+        raise too_small(int(doc_tokens.sum()), len(uniq), None)
+    # Walked in ascending hash fraction: the digests' leading 52 bits, so np.unique's order already is (ties,
+    # practically never, in digest order). components.ingest.dedup walks the same order bucket by bucket.
     group_tokens = np.bincount(inverse, weights=doc_tokens, minlength=len(uniq)).astype(np.int64)
     total = int(group_tokens.sum())
-    target = holdout_fraction * total
-    held, in_holdout = 0, np.zeros(len(uniq), dtype=bool)
-    for g in order[:-1].tolist():  # the hash-last document always trains
+    in_holdout, held = walk_holdout(group_tokens[:-1], 0, holdout_fraction * total)  # the hash-last one trains
+    in_holdout = np.append(in_holdout, False)
+    held = meet_floor(group_tokens, hash_fractions(uniq), in_holdout, held, needed_tokens)
+    if held < needed_tokens:
+        raise too_small(total, len(uniq), (needed_tokens, held))
+    return in_holdout[inverse.reshape(-1)]
+
+
+def walk_holdout(sizes: np.ndarray, held: int, target: float) -> tuple[np.ndarray, int]:
+    """The walk of `choose_holdout` over documents of `sizes` tokens, in walk order, from `held` tokens held out:
+    each one is held out when that brings the held-out tokens closer to `target`; it stops once the target is met.
+    Returns which were held out and the new total (a caller walking in parts carries it to the next part)."""
+    in_holdout = np.zeros(len(sizes), dtype=bool)
+    for g, size in enumerate(np.asarray(sizes, dtype=np.int64).tolist()):
         if held >= target:
             break
-        size = int(group_tokens[g])
         if held + size - target < target - held:  # closer to the target with it than without
             in_holdout[g], held = True, held + size
-    held = _meet_floor(group_tokens, hash_fractions(uniq), in_holdout, held, needed_tokens)
-    if held < needed_tokens:
-        raise DropTooSmall(
-            f"drop has {total} tokens (one eos per document included) in {len(uniq)} distinct documents; "
-            f"it needs at least {needed_tokens} held-out tokens plus one more document for training, and the "
-            f"largest possible holdout gives only {held} held-out tokens"
+    return in_holdout, held
+
+
+def too_small(total: int, distinct: int, floor: tuple[int, int] | None) -> DropTooSmall:
+    """The error of a drop with fewer than two distinct documents, or (`floor`: needed and largest held-out tokens)
+    too few tokens for the min_holdout_sequences floor."""
+    if floor is None:
+        return DropTooSmall(
+            f"drop has {total} tokens in {distinct} distinct document(s); it needs at least two "
+            "distinct documents (one for training, one held out)"
         )
-    return in_holdout[inverse]
+    needed, held = floor
+    return DropTooSmall(
+        f"drop has {total} tokens (one eos per document included) in {distinct} distinct documents; "
+        f"it needs at least {needed} held-out tokens plus one more document for training, and the "
+        f"largest possible holdout gives only {held} held-out tokens"
+    )
 
 
-def _meet_floor(sizes: np.ndarray, fractions: np.ndarray, in_holdout: np.ndarray, held: int, needed: int) -> int:
+def meet_floor(sizes: np.ndarray, fractions: np.ndarray, in_holdout: np.ndarray, held: int, needed: int) -> int:
     """Add train documents to the holdout until it has `needed` tokens, leaving one in train; returns the total.
 
     Smallest first, but as soon as one document alone closes the gap the smallest such is taken and the loop ends,
@@ -241,15 +258,19 @@ def split_layouts(
     holdout_fraction: float,
     min_holdout_sequences: int,
     fetch,
+    mask: np.ndarray | None = None,
 ) -> SplitPacked:
     """`split_and_pack` from the documents' token counts: the split and every row's place are decided from
-    metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read."""
+    metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read. `mask`: the
+    split `choose_holdout` gives, if the caller decided it already (ingest does, partitioned on disk:
+    components.ingest.dedup)."""
     if len(doc_lengths) != len(hashes):
         raise ValueError(f"{len(doc_lengths)} documents but {len(hashes)} hashes")
     hashes = hashes if isinstance(hashes, Digests) else Digests(hashes)
     doc_tokens = np.asarray(doc_lengths, dtype=np.int64) + 1  # + eos
     needed = (min_holdout_sequences - 1) * context_length + 1  # packs into >= min_holdout_sequences rows
-    mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
+    if mask is None:
+        mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
 
     def layout(idx: np.ndarray) -> tuple[Packed, Digests]:
         lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)

@@ -198,6 +198,7 @@ class RayEngine:
             (cfg.context_length, tok.eos_id, tok.pad_id, cfg.holdout_fraction, cfg.min_holdout_sequences),
             self.store.where[plan.at],
             self.store.blocks,
+            plan.packed.doc_in_holdout,  # the workers need not choose it again
         )
         self.spec = ray.put(spec)
         plan.clusters = self._clusters(plan)

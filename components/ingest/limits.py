@@ -11,18 +11,23 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
   * per-document metadata, which grows with the drop (benchmarks/ingest_metadata.py, tracemalloc, a 50 MB drop at
     context_length 128: benchmarks/results/ingest_metadata.md). A document's hash is 32 raw bytes in one numpy
     array (components.core.digests) beside its spill offsets (~60 bytes kept) and its place in the layout (~35
-    bytes); the scan's set of the distinct digests (~110 bytes, freed after the scan) and np.unique over the
-    digests while the drop is planned (~115 bytes, transient) put the peak at ~DOC_COST bytes;
+    bytes). The scan keeps no set of digests (every document is tokenized: components.ingest.scan), and the
+    deduplication and holdout choice run bucket by bucket on disk (components.ingest.dedup), so what they add is
+    the kept indices and the split (8 + 1 bytes a kept document, 8 more while sorted) and a copy of the spill's
+    token counts (8 bytes): ~12 bytes a document measured, above a fixed 10-30 MB (benchmarks/dedup_memory.py,
+    benchmarks/results/dedup_memory.md; ~90-115 bytes with np.unique over the whole drop, ~110 more for the
+    scan's set before): the peak is ~DOC_COST bytes a document;
   * per row, only its cluster label (uint16, 2 bytes; 4 while the labels are renumbered after the fit):
     ROW_META_COST. A row's length, first document and document hash are computed per block from the per-document
     arrays (components.core.lazy, components.core.packing.Layout) and the write order per range from the labels
     (components.ingest.write_order); the row digest and the commit copy per batch. At the default context_length
-    128 that is ~0.03 MB per MB of text for the rows plus ~0.03 MB for ~8 kB documents (~0.34 MB with ~40 bytes
+    128 that is ~0.03 MB per MB of text for the rows plus ~0.015 MB for ~8 kB documents (~0.34 MB with ~40 bytes
     a row of numpy arrays before, ~0.66 MB with the hashes as Python strs): a 2,048 MB bound holds the metadata
-    of drops up to ~23 GB of text at context_length 128 (~29 GB at 512, where the k-means sample takes more;
-    ~3.9 GB and ~9.6 GB before). What still grows is per document: ~95 bytes kept, ~DOC_COST at the peak, so a
-    drop of small documents reaches the bound sooner (~5.8 GB of 1 kB documents at context_length 128, ~2.6 GB
-    before). `check_metadata` refuses a larger drop before it is planned, with the fix.
+    of drops up to ~28 GB of text at context_length 128 (~43 GB at 512, where the k-means sample takes more;
+    ~23 GB and ~30 GB with a DOC_COST of 200, ~3.9 GB and ~9.6 GB before that). What still grows is per
+    document: ~95 bytes kept, ~DOC_COST at the peak, so a drop of small documents reaches the bound sooner
+    (~8.7 GB of 1 kB documents at context_length 128; ~5.8 GB with a DOC_COST of 200, ~2.6 GB before).
+    `check_metadata` refuses a larger drop before it is planned, with the fix.
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
@@ -46,7 +51,7 @@ MB = 1 << 20
 TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-8 copy, int32 ids, spill bytes
 FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
 ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
-DOC_COST = 200  # bytes per document at the metadata's peak (module docstring; measured ~170)
+DOC_COST = 120  # bytes per document at the metadata's peak (module docstring; ~95 kept + ~20; was 200)
 ROW_META_COST = 4  # bytes per row: its uint16 label, twice while renumbered (was 40: ~29 kept + 8 of write order)
 WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
 WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)

@@ -1,15 +1,15 @@
 """The scan of one drop with its files read, checked, hashed and tokenized in parallel worker processes.
 
-`scan_parallel` gives the same `Scanned` as components.ingest.scan.scan_drop (documents, their order, the
-first occurrence of each hash, issues with file and line, the content hash, and each document's tokens behind the
-same spill index). Each file is one task for a `ProcessPoolExecutor` on the forkserver context: workers fork from
+`scan_parallel` gives the same `Scanned` as components.ingest.scan.scan_drop (documents, their order, issues with
+file and line, the content hash, and each document's tokens behind the same spill index: its index in the drop).
+Each file is one task for a `ProcessPoolExecutor` on the forkserver context: workers fork from
 a server process that imported this module alone (~100 MB: no LanceDB, scikit-learn or torch), never from the
 driver (whose threads and LanceDB handles a fork would copy), and unlike spawn they do not re-import the driver's
 `__main__` (the CLI, which imports everything; see `_bare_main`). A worker loads the tokenizer
-once, parses its file as a stream, hashes every document, tokenizes the first occurrence of each hash inside its
-file into a spill part file of its own (components.ingest.spill) and returns the file's metadata only. The driver
-merges the results in file order, keeping the first occurrence of each hash across files, so a document repeated
-in two files is stored once, from the earlier file (the later worker's copy of its tokens is never read).
+once, parses its file as a stream, hashes and tokenizes every document into a spill part file of its own
+(components.ingest.spill) and returns the file's metadata only. The driver adopts the results in file order; which
+occurrence of a repeated document is stored is decided later, from the hashes (components.ingest.dedup), so the
+workers keep no set of hashes and the driver none across files.
 
 A file is the unit of work. A big file is not split into byte ranges: compressed files (gzip, zstd: what producers
 write most) cannot be entered in the middle, and a plain JSON-lines file would need a pass counting newlines
@@ -75,7 +75,6 @@ class FileScan:
     manifest: DropManifest | None = None
     n_documents: int = 0
     hashes: list[bytes] = field(default_factory=list)  # every non-empty document's sha256 digest, in file order
-    first: list[int] = field(default_factory=list)  # indices into hashes: the first occurrence of each, tokenized
     offsets: list[int] = field(default_factory=list)  # ... their tokens' place in the part file
     lengths: list[int] = field(default_factory=list)
 
@@ -103,7 +102,7 @@ def _init_worker(spec: str, identity_sha: str, threads: int, byte_offset: int | 
 
 
 def scan_file(root: str, drop_id: str, name: str, part: str | None, job: ScanJob) -> FileScan:
-    """Read, check and hash one file; with a `part` path, tokenize each document first seen here into it."""
+    """Read, check and hash one file; with a `part` path, tokenize each non-empty document into it."""
     opener, size = LocalSource(root).opener(drop_id, name)
     with ScanStream(opener, size, keep_bytes(job.limit)) as stream:  # read once: hashed as it is parsed
         if name == MANIFEST:
@@ -118,7 +117,6 @@ def scan_file(root: str, drop_id: str, name: str, part: str | None, job: ScanJob
 def _scan_documents(name: str, stream: ScanStream, part: str | None, job: ScanJob) -> FileScan:
     out = FileScan("")
     issues = FileIssues(name)
-    seen: set[bytes] = set()
     batch: list[str] = []
     pending, at = 0, 0
     for doc in iter_document_file(name, stream, job.limit, issues):
@@ -127,10 +125,8 @@ def _scan_documents(name: str, stream: ScanStream, part: str | None, job: ScanJo
             continue
         h = digest(doc.text)
         out.hashes.append(h)
-        if part is None or h in seen or issues:  # a file with issues rejects the drop: no tokens needed
+        if part is None or issues:  # a file with issues rejects the drop: no tokens needed
             continue
-        seen.add(h)
-        out.first.append(len(out.hashes) - 1)
         batch.append(doc.text)
         pending += len(doc.text)
         if pending >= job.batch_bytes or len(batch) >= job.batch_docs:
@@ -139,7 +135,6 @@ def _scan_documents(name: str, stream: ScanStream, part: str | None, job: ScanJo
     if batch and not issues:
         _flush(part, batch, out, at)
     out.issues = list(issues)
-    del out.first[len(out.offsets) :]  # documents of a file found bad later were not tokenized
     return out
 
 
@@ -221,17 +216,14 @@ def _bare_main():
 
 
 def _merge(scanned, result: FileScan, spill: Spill | None, k: int, tokenized) -> None:
-    """Append a file's documents; adopt the tokens of those no earlier file had."""
+    """Append a file's documents and adopt their tokens: document i of the drop is spill index i."""
     scanned.n_documents += result.n_documents
     scanned.hashes += result.hashes
     if spill is None or not scanned.tokenized or scanned.contents.issues or result.issues:
         return
-    keep = []
-    for j, i in enumerate(result.first):
-        h = result.hashes[i]
-        if h not in scanned.seen:  # the spill holds first occurrences in drop order (Scanned.spill_index)
-            scanned.seen.add(h)
-            keep.append(j)
-    if keep:
-        spill.adopt(spill.part_path(k), np.asarray(result.offsets)[keep], np.asarray(result.lengths)[keep])
-    tokenized(len(keep))
+    if len(result.offsets) != len(result.hashes):
+        n, m = len(result.offsets), len(result.hashes)
+        raise RuntimeError(f"a scan worker tokenized {n} of its file's {m} documents")
+    if result.offsets:
+        spill.adopt(spill.part_path(k), np.asarray(result.offsets), np.asarray(result.lengths))
+    tokenized(len(result.offsets))

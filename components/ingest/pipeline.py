@@ -202,7 +202,7 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
         prior = _prior(mem, ref.drop_id, contents.content_hash)  # another process may have committed it meanwhile
         if prior is not None:
             return prior
-        if plan is None or (mem.version != plan.version and not np.array_equal(new_documents(mem, hashes), plan.keep)):
+        if plan is None or (mem.version != plan.version and not _same_keep(mem, scanned, settings, engine, plan)):
             plan = engine.plan(mem, scanned, content)  # a drop committed meanwhile
         rec.duplicates = len(hashes) - len(plan.keep)
         if not len(plan.keep):
@@ -214,6 +214,11 @@ def _decide(memory: Memory, ref: DropRef, scanned: Scanned, settings, tokenizer,
             mem.reject_drop(rec)
             return IngestResult(rec.drop_id, "rejected", rec.error, rec)
         return _commit(mem, rec, plan, settings, tokenizer, engine, hashes.take(plan.keep))
+
+
+def _same_keep(mem: Memory, scanned: Scanned, settings: Settings, engine, plan: Plan) -> bool:
+    keep = new_documents(mem, scanned.hashes, settings, scanned.contents.drop_id, getattr(engine, "limits", None))
+    return bool(np.array_equal(keep, plan.keep))
 
 
 def _commit(mem: Memory, rec: DropRecord, plan: Plan, settings: Settings, tokenizer, engine, hashes) -> IngestResult:

@@ -2,7 +2,7 @@
 merged into what the local scan gives (components.ingest.scan.Scanned), with numpy arrays only.
 
 The driver never turns a per-document value into a Python object: the documents' hashes come out of the Arrow
-metadata as one 'S32' array (components.core.digests.Digests), and the place of each distinct document's tokens in
+metadata as one 'S32' array (components.core.digests.Digests), and the place of each document's tokens in
 the scan's blocks (`TokenStore`) is computed with numpy over the flattened lists. What the driver keeps per
 document is then what the local engine keeps: 32 bytes of hash, and 24 + 8 bytes of token place and count (the
 local engine's spill index: 20 bytes). Per file it reads its name, digest, issues and manifest as Python values.
@@ -24,9 +24,9 @@ FILE_COLUMNS = ["index", "name", "digest", "n_bytes", "n_document_files", "issue
 
 
 class TokenStore:
-    """Where each distinct document's tokens are, in the scan's blocks: the driver's stand-in for the local spill
-    (plan_drop reads only `lengths()`; rows are built on the workers). Index: the document's rank among the drop's
-    first occurrences, as the spill's (Scanned.spill_index)."""
+    """Where each document's tokens are, in the scan's blocks: the driver's stand-in for the local spill
+    (plan_drop reads only `lengths()`; rows are built on the workers). Index: the document's index in the drop
+    (`Scanned.hashes`), as the spill's."""
 
     def __init__(self) -> None:
         self.where = np.empty((0, 3), np.int64)  # block, row in the block, token offset in the row's cell
@@ -79,34 +79,24 @@ def fill_scanned(meta: pa.Table, out: Scanned) -> pa.Table:
 
 
 def token_store(meta: pa.Table, files: pa.Table, hashes: Digests, blocks: list) -> TokenStore:
-    """The place of each distinct document's tokens: its first occurrence in the drop, which its file tokenized.
-
-    A file tokenized the first occurrence of each hash inside it (its `first` list, indices into its hashes) into its
-    token rows, in that order; a document repeated across files is kept from the earliest file only."""
+    """The place of each document's tokens: every file tokenized each of its non-empty documents into its token
+    rows, in order, so the flattened rows follow the drop's documents (index i: `hashes[i]`)."""
     store = TokenStore()
     store.blocks = blocks
     if not meta.num_columns:
         return store
-    n_hashes = pc.list_value_length(files["hashes"]).to_numpy(zero_copy_only=False).astype(np.int64)
-    file_start = np.concatenate([[0], np.cumsum(n_hashes)[:-1]])
-    first = files["first"].combine_chunks()
-    tokenized = first.flatten().to_numpy(zero_copy_only=False) + file_start[_parents(first)]
     rows = meta.filter(~pc.field("is_file"))
     lists = rows["tok_lengths"].combine_chunks()
     counts = lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    if len(counts) != len(tokenized):
-        raise RuntimeError(f"the scan's workers returned {len(counts)} documents' tokens for {len(tokenized)}")
+    if len(counts) != len(hashes):
+        raise RuntimeError(f"the scan's workers returned {len(counts)} documents' tokens for {len(hashes)}")
     row_of = _parents(lists)
     per_row = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     before = np.cumsum(counts) - counts  # tokens before each document, over all rows
     row_first = np.concatenate([[0], np.cumsum(per_row)[:-1]])  # each row's first document
     offset = before - before[row_first][row_of] if len(counts) else before
-    where = np.stack([rows["block"].to_numpy()[row_of], rows["row"].to_numpy()[row_of], offset], axis=1)
-    _, firsts = np.unique(hashes.raw, return_index=True)
-    keep = np.isin(tokenized, firsts)
-    store.where, store.counts = where[keep], counts[keep]
-    if len(store.counts) != len(firsts):
-        raise RuntimeError(f"the scan tokenized {len(store.counts)} of the drop's {len(firsts)} distinct documents")
+    store.where = np.stack([rows["block"].to_numpy()[row_of], rows["row"].to_numpy()[row_of], offset], axis=1)
+    store.counts = counts
     return store
 
 

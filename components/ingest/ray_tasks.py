@@ -17,7 +17,6 @@ at a batch's tokens), a rows task the drop's layout (the per-document and per-ro
 from __future__ import annotations
 
 import json
-from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -78,13 +77,14 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
     """Hash, read, check and (with `parse`, a `tokenizer` and no issues) tokenize one file of the drop:
     `DropScan.file_documents`, the same code the local engine runs over the whole drop. Yields one table per tokenize
     batch (its documents' tokens), so a task holds one batch, not its file's tokens, then the file's metadata row.
-    Documents repeated inside the file are tokenized once; repeats across files are left to the driver."""
+    Every non-empty document is tokenized, repeats included: the driver decides which occurrence is stored
+    (components.ingest.scan's docstring says why)."""
     batch_bytes = task_limits(context).tokenize_bytes
     if isinstance(tokenizer, ray.ObjectRef):  # put once by the driver, got once per task
         tokenizer = ray.get(tokenizer)
     scan = DropScan(_source(location, s3_json), drop_id, limit, parse=parse)
     index, name = row["index"], row["name"]
-    hashes, first, batch, seen = Digests(), array("q"), [], set()  # numpy / C arrays per document
+    hashes, batch = Digests(), []  # numpy arrays per document
     n_documents, size, part = 0, 0, 0
 
     def flush() -> pa.Table:
@@ -99,10 +99,8 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
             continue
         h = digest(doc.text)
         hashes.append(h)
-        if tokenizer is None or h in seen or scan.contents.issues:  # a drop with issues is rejected: no tokens
+        if tokenizer is None or scan.contents.issues:  # a drop with issues is rejected: no tokens
             continue
-        seen.add(h)
-        first.append(len(hashes) - 1)
         batch.append(doc.text)
         size += len(doc.text)
         if len(batch) >= TOKENIZE_DOCS or size >= batch_bytes:
@@ -111,7 +109,6 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
     if batch and not scan.contents.issues:
         yield flush()
         part += 1
-    tokenized = len(first) - len(batch)  # documents of a file found bad later were not tokenized
     manifest = scan.contents.manifest
     yield _row(
         index,
@@ -125,7 +122,6 @@ def scan_file(row: dict, location: str, s3_json: str, drop_id: str, limit: int, 
         manifest=manifest.model_dump_json() if manifest else "",
         n_documents=n_documents,
         hashes=pa.ListArray.from_arrays(pa.array([0, len(hashes)], pa.int32()), fixed_binary(hashes.raw)),
-        first=pa.array([np.array(first, np.int64)[:tokenized]], pa.list_(pa.int64())),
     )
 
 
@@ -133,7 +129,7 @@ SCAN_SCHEMA = pa.schema(
     [
         ("index", pa.int64()),  # the file's place in the drop
         ("part", pa.int64()),  # the row's place among the file's rows
-        ("is_file", pa.bool_()),  # the file's metadata row (its last): the columns below up to `first`
+        ("is_file", pa.bool_()),  # the file's metadata row (its last): the columns below up to `hashes`
         ("name", pa.string()),
         ("digest", pa.string()),
         ("n_bytes", pa.int64()),
@@ -142,7 +138,6 @@ SCAN_SCHEMA = pa.schema(
         ("manifest", pa.string()),
         ("n_documents", pa.int64()),
         ("hashes", pa.list_(pa.binary(32))),  # every non-empty document's sha256, in file order
-        ("first", pa.list_(pa.int64())),  # indices into `hashes` of the documents tokenized, in order
         ("tok_lengths", pa.list_(pa.int64())),  # a tokenize batch's row: its documents' token counts ...
         ("tokens", pa.large_binary()),  # ... and their tokens, one after the other
     ]
@@ -196,6 +191,7 @@ class RowsSpec:
     layout_args: tuple  # context_length, eos_id, pad_id, holdout_fraction, min_holdout_sequences
     where: np.ndarray  # [n_docs, 3] int64: block, row in the block, token offset in the row
     blocks: list  # ObjectRefs of the scan's blocks (kept alive by this spec)
+    mask: np.ndarray | None = None  # each stored document's split, as the driver chose it (components.ingest.dedup)
 
 
 class BlockFetch:
@@ -230,7 +226,8 @@ def _cell(chunks: list, row: int):
 def rebuild(spec: RowsSpec) -> tuple[SplitPacked, Limits]:
     """The drop's rows as the driver planned them, and this task's batch sizes (`task_limits`)."""
     limits = task_limits(spec.layout_args[0])
-    return split_layouts(spec.lengths, spec.hashes, *spec.layout_args, fetch=BlockFetch(spec)), limits
+    packed = split_layouts(spec.lengths, spec.hashes, *spec.layout_args, fetch=BlockFetch(spec), mask=spec.mask)
+    return packed, limits
 
 
 @ray.remote

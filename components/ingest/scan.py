@@ -1,15 +1,18 @@
 """One drop scanned as a stream into metadata plus a token spill, and the plan of what its commit writes.
 
 The scan reads the drop file by file (components.ingest.drops.DropScan: one pass per file, parsed line by line or
-row group by row group and hashed as it streams), hashes each document and tokenizes the first occurrence of each
-hash in batches of at most TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small
+row group by row group and hashed as it streams), hashes each document and tokenizes every non-empty document in
+batches of at most TOKENIZE_DOCS documents or TOKENIZE_BYTES bytes of text (less under a small
 ingest.max_memory_mb: components.ingest.limits), appending the tokens to the spill (components.ingest.spill).
 With ingest.workers > 1 a local drop's files are scanned by worker processes instead, with the same result
-(components.ingest.parallel).
+(components.ingest.parallel); the Ray engine's workers do the same into their token blocks.
 No text is kept: memory holds the documents' hashes (32-byte digests in one numpy array, components.core.digests),
-the spill's offsets and one batch; during the scan also a set of the distinct digests seen (to tokenize each once).
-A document's spill index is the rank of its first occurrence among the drop's distinct documents, so no map from
-hash to spill index is kept: `Scanned.spill_index` recomputes it with np.unique when the drop is planned.
+the spill's offsets and one batch. A document's spill index is its index in `Scanned.hashes`.
+Why every document, repeats included: tokenizing only the first occurrence of each hash needs the set of the
+digests seen so far (~110 bytes a distinct document, growing with the drop: issue 11 wants memory flat in the drop
+size) and a rank map afterwards. Repeats inside a drop are rare in what producers send; each costs its
+tokenization (the scan's CPU) and its tokens' bytes on the spill's disk, never memory, and only its first
+occurrence is stored (components.ingest.dedup decides which, partitioned on disk).
 The plan (deduplication, split, every row's place) is decided from that metadata
 (components.core.packing.split_layouts); rows are built from the spill only when hashed, clustered and written.
 
@@ -31,6 +34,7 @@ from components.core.config import Settings
 from components.core.digests import Digests, digest
 from components.core.packing import DropTooSmall, SplitPacked, split_layouts
 from components.core.text import Tokenizer
+from components.ingest import dedup
 from components.ingest.clustering import assign_clusters
 from components.ingest.drops import DropContents, DropRef, DropScan, DropSource, LocalSource, content_hash
 from components.ingest.limits import Limits, check_metadata
@@ -39,7 +43,6 @@ from components.ingest.spill import Spill
 
 TOKENIZE_DOCS = 256
 TOKENIZE_BYTES = 8 << 20
-KNOWN_CHUNK = 1 << 17  # distinct hashes per memory lookup: bounds the hex strings a lookup holds (~20 MB)
 
 
 @dataclass
@@ -47,15 +50,7 @@ class Scanned:
     contents: DropContents  # issues, manifest, content hash; `documents` stays empty
     n_documents: int = 0  # every document read, empty ones included
     hashes: Digests = field(default_factory=Digests)  # every non-empty document's hash, in drop order
-    tokenized: bool = False  # each distinct document is in the spill, in the order of first occurrence
-    seen: set[bytes] | None = None  # while scanning only: the digests already tokenized
-
-    def spill_index(self, docs: np.ndarray) -> np.ndarray:
-        """The spill index of each of `docs` (first occurrences, indices into `hashes`): its rank among the first
-        occurrences of the drop's distinct hashes, the order every engine's scan tokenizes them in."""
-        _, first = np.unique(self.hashes.raw, return_index=True)
-        first.sort()
-        return np.searchsorted(first, np.asarray(docs, dtype=np.int64))
+    tokenized: bool = False  # every document is in the spill, at its index in `hashes`
 
 
 def scan_drop(
@@ -67,7 +62,7 @@ def scan_drop(
     spill: Spill | None,
     limits: Limits | None = None,
 ) -> Scanned:
-    """Read, check and hash every document; with a `spill`, tokenize each distinct one into it.
+    """Read, check and hash every document; with a `spill`, tokenize each non-empty one into it.
 
     With `limits.workers` > 1 a local drop's files are scanned by worker processes (components.ingest.parallel,
     the same result); otherwise, and for drops too small for a pool, in this process, tokenizing batches of at
@@ -77,14 +72,10 @@ def scan_drop(
     if limits is not None and limits.workers > 1 and isinstance(source, LocalSource):
         job = ScanJob(limits.workers, settings.ingest.max_document_bytes, batch_bytes, TOKENIZE_DOCS)
         scanned = Scanned(DropContents(ref.drop_id, [], content_hash({}), 0, None), tokenized=spill is not None)
-        scanned.seen = set()
-        done = scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned)
-        scanned.seen = None
-        if done:
+        if scan_parallel(source, ref, settings.ingest.tokenizer, tokenizer, spill, job, bars, scanned):
             return scanned
     scan = DropScan(source, ref.drop_id, settings.ingest.max_document_bytes, bars.counter(f"read {ref.drop_id}", None))
     out = Scanned(scan.contents, tokenized=spill is not None)
-    seen: set[bytes] = set()
     advance = bars.counter(f"tokenize {ref.drop_id}", None)
     batch: list[str] = []
     size = 0
@@ -94,9 +85,8 @@ def scan_drop(
             continue
         h = digest(doc.text)
         out.hashes.append(h)
-        if spill is None or h in seen or scan.contents.issues:  # a drop with issues is rejected
+        if spill is None or scan.contents.issues:  # a drop with issues is rejected
             continue
-        seen.add(h)
         batch.append(doc.text)
         size += len(doc.text)
         if len(batch) >= TOKENIZE_DOCS or size >= batch_bytes:
@@ -121,19 +111,14 @@ class Plan:
     at: np.ndarray | None = None  # token-store index of each stored document (split_layouts input order)
 
 
-def new_documents(memory: Memory, hashes: Digests) -> np.ndarray:
-    """Indices of the documents to store, ascending: the first of each hash that no live drop stored yet.
+def new_documents(memory: Memory, hashes: Digests, settings: Settings, drop_id: str, limits: Limits | None = None):
+    """Indices of the documents to store, ascending: the first of each hash that no live drop stored yet, decided
+    bucket by bucket on disk (components.ingest.dedup), buckets of at most a tokenize batch's bytes."""
+    return dedup.new_documents(memory, hashes, settings.home / "tmp", drop_id, bucket_bytes(limits))
 
-    The memory is asked about the distinct hashes KNOWN_CHUNK at a time, so the hex strings a lookup needs are
-    bounded whatever the drop's size."""
-    raw, first = np.unique(hashes.raw, return_index=True)
-    new = np.ones(len(raw), dtype=bool)
-    unique = Digests(base=raw)
-    for start in range(0, len(raw), KNOWN_CHUNK):
-        wanted = [v.decode() for v in unique.hex(start, start + KNOWN_CHUNK)]
-        known = memory.known_documents(wanted)
-        new[start : start + len(wanted)] = [h not in known for h in wanted]
-    return np.sort(first[new]).astype(np.int64)
+
+def bucket_bytes(limits: Limits | None) -> int:
+    return TOKENIZE_BYTES if limits is None else limits.tokenize_bytes
 
 
 def unchanged(scanned: Scanned, content: str, drop_id: str) -> Scanned:
@@ -163,18 +148,22 @@ def plan_drop(
     a drop whose metadata alone would pass ingest.max_memory_mb is refused here (ValueError), before the layout.
     """
     cfg = settings.ingest
-    plan = Plan(memory.version, new_documents(memory, scanned.hashes))
+    drop_id = scanned.contents.drop_id
+    plan = Plan(memory.version, new_documents(memory, scanned.hashes, settings, drop_id, limits))
     if not len(plan.keep):
         return plan
     if not scanned.tokenized:
         scanned.tokenized = rescan().tokenized
     keep_hashes = scanned.hashes.take(plan.keep)
-    at = plan.at = scanned.spill_index(plan.keep)
+    at = plan.at = plan.keep  # spill index == index in hashes (module docstring)
     lengths = spill.lengths()[at]
     if limits is not None:
         n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
-        check_metadata(limits, scanned.contents.drop_id, len(scanned.hashes), n_rows)
+        check_metadata(limits, drop_id, len(scanned.hashes), n_rows)
     try:
+        needed = (cfg.min_holdout_sequences - 1) * cfg.context_length + 1  # as split_layouts
+        where, size = settings.home / "tmp", bucket_bytes(limits)
+        mask = dedup.choose_holdout(lengths + 1, keep_hashes, cfg.holdout_fraction, needed, where, drop_id, size)
         plan.packed = split_layouts(
             lengths,
             keep_hashes,
@@ -184,6 +173,7 @@ def plan_drop(
             cfg.holdout_fraction,
             cfg.min_holdout_sequences,
             fetch=lambda doc: spill.tokens(int(at[doc])),
+            mask=mask,
         )
     except DropTooSmall as exc:
         plan.too_small = str(exc)
