@@ -58,7 +58,10 @@ class DiskArray:
     def append(self, values) -> None:
         data = np.ascontiguousarray(np.asarray(values).astype(self.dtype, copy=False).reshape(-1))
         first = -self._n % SAMPLE  # index in `data` of the next multiple of SAMPLE
-        self._sample.append(data[first::SAMPLE].copy())
+        if first < len(data):
+            self._sample.append(data[first::SAMPLE].copy())
+            if len(self._sample) > 64:  # few array objects, whatever the number of appends
+                self._sample = [np.concatenate(self._sample)]
         os.pwrite(self._fd, data.tobytes(), self._n * self.dtype.itemsize)
         self._n += len(data)
 

@@ -18,6 +18,9 @@ import numpy as np
 
 from components.core.digests import Digests
 from components.core.lazy import LazyArray
+from components.core.ondisk import Arrays, DiskArray
+
+SPLIT_BLOCK = 1 << 18  # documents laid out at once when a split's arrays are written to disk
 
 
 class DropTooSmall(ValueError):
@@ -159,10 +162,20 @@ class Layout:
     """
 
     def __init__(self, docs: np.ndarray, doc_lengths: np.ndarray, context_length: int, eos_id: int, pad_id: int, fetch):
-        self.docs, self.L, self.eos, self.pad, self.fetch = docs, context_length, eos_id, pad_id, fetch
         spans = np.asarray(doc_lengths, dtype=np.int64) + 1  # one eos after each document
-        self.starts = np.cumsum(spans) - spans
-        self.total = int(spans.sum())
+        self._setup(docs, np.cumsum(spans) - spans, int(spans.sum()), context_length, eos_id, pad_id, fetch)
+
+    @classmethod
+    def on_disk(cls, docs: DiskArray, starts: DiskArray, total: int, context_length: int, eos_id, pad_id, fetch):
+        """A layout whose per-document arrays (`docs`, and `starts`: each document's first token in the split,
+        ascending) are DiskArrays (components.core.ondisk), read a slice at a time; `total`: the split's tokens."""
+        layout = cls.__new__(cls)
+        layout._setup(docs, starts, total, context_length, eos_id, pad_id, fetch)
+        return layout
+
+    def _setup(self, docs, starts, total: int, context_length: int, eos_id: int, pad_id: int, fetch) -> None:
+        self.docs, self.L, self.eos, self.pad, self.fetch = docs, context_length, eos_id, pad_id, fetch
+        self.starts, self.total = starts, int(total)
         self.n_rows = -(-self.total // context_length)
         # Per row, computed per block (components.core.lazy): no array grows with the rows.
         self.lengths = LazyArray(self.n_rows, self._lengths, np.int32)  # == L except the last row
@@ -175,14 +188,14 @@ class Layout:
 
     def _first(self, rows: np.ndarray) -> np.ndarray:
         # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
-        return np.searchsorted(self.starts, rows * self.L, side="right") - 1
+        return self.starts.searchsorted(rows * self.L, side="right") - 1  # ndarray's, or a DiskArray's
 
-    def _doc(self, d: int) -> np.ndarray:
-        """Document d's tokens; the last one is kept, so a long document read by several runs of rows in a row (the
-        rows of one cluster, components.ingest.rows) is fetched once."""
+    def _doc(self, d: int, doc: int) -> np.ndarray:
+        """Tokens of document d (input index `doc`); the last one is kept, so a long document read by several runs
+        of rows in a row (the rows of one cluster, components.ingest.rows) is fetched once."""
         last, tokens = self._last
         if last != d or tokens is None:
-            tokens = np.asarray(self.fetch(int(self.docs[d])))
+            tokens = np.asarray(self.fetch(doc))
             self._last = (d, tokens)
         return tokens
 
@@ -192,10 +205,10 @@ class Layout:
         out = np.full((b - a) * self.L, self.pad, dtype=np.int32)
         if lo >= hi:
             return out.reshape(b - a, self.L)
-        last = int(np.searchsorted(self.starts, hi - 1, side="right")) - 1
-        for d in range(int(self.first[a]), last + 1):
-            start = int(self.starts[d])
-            tokens = self._doc(d)
+        first, last = int(self.first[a]), int(self.starts.searchsorted(hi - 1, side="right")) - 1
+        starts, docs = self.starts[first : last + 1].tolist(), self.docs[first : last + 1].tolist()  # one slice each
+        for d, start, doc in zip(range(first, last + 1), starts, docs, strict=True):
+            tokens = self._doc(d, doc)
             n = len(tokens)
             cut_lo, cut_hi = max(lo - start, 0), min(hi - start, n + 1)  # the part of [tokens, eos] inside the range
             if cut_lo < min(cut_hi, n):
@@ -241,9 +254,12 @@ def split_layouts(
     holdout_fraction: float,
     min_holdout_sequences: int,
     fetch,
+    arrays: Arrays | None = None,
 ) -> SplitPacked:
     """`split_and_pack` from the documents' token counts: the split and every row's place are decided from
-    metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read."""
+    metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read. With `arrays`
+    (an ingest's, components.core.ondisk) each split's documents and starts are DiskArrays, built SPLIT_BLOCK
+    documents at a time, so a layout holds no per-document array in memory."""
     if len(doc_lengths) != len(hashes):
         raise ValueError(f"{len(doc_lengths)} documents but {len(hashes)} hashes")
     hashes = hashes if isinstance(hashes, Digests) else Digests(hashes)
@@ -251,14 +267,32 @@ def split_layouts(
     needed = (min_holdout_sequences - 1) * context_length + 1  # packs into >= min_holdout_sequences rows
     mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
 
-    def layout(idx: np.ndarray) -> tuple[Packed, Digests]:
-        lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
+    def layout(held: bool) -> tuple[Packed, Digests]:
+        if arrays is None:
+            idx = np.flatnonzero(mask == held)
+            lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
+        else:
+            idx, starts, total = _split_on_disk(doc_tokens, mask, held, arrays)
+            lay = Layout.on_disk(idx, starts, total, context_length, eos_id, pad_id, fetch)
         first_doc = lay.first.map(idx)  # input index of each row's first document, per block
         return Packed(LazyRows(lay), lay.lengths, first_doc), hashes.take(first_doc)
 
-    train, train_hashes = layout(np.flatnonzero(~mask))
-    holdout, holdout_hashes = layout(np.flatnonzero(mask))
+    train, train_hashes = layout(False)
+    holdout, holdout_hashes = layout(True)
     return SplitPacked(train, holdout, train_hashes, holdout_hashes, mask)
+
+
+def _split_on_disk(doc_tokens: np.ndarray, mask: np.ndarray, held: bool, arrays: Arrays):
+    """One split's documents (input indices) and their starts, as DiskArrays built SPLIT_BLOCK documents at a time;
+    and the split's total tokens."""
+    docs, starts, total = arrays.new(np.int64), arrays.new(np.int64), 0
+    for at in range(0, len(mask), SPLIT_BLOCK):
+        idx = np.flatnonzero(mask[at : at + SPLIT_BLOCK] == held) + at
+        spans = doc_tokens[idx]
+        docs.append(idx)
+        starts.append(total + np.cumsum(spans) - spans)
+        total += int(spans.sum())
+    return docs, starts, total
 
 
 def split_and_pack(

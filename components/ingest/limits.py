@@ -13,16 +13,17 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     array (components.core.digests) beside its spill offsets (~60 bytes kept) and its place in the layout (~35
     bytes); the scan's set of the distinct digests (~110 bytes, freed after the scan) and np.unique over the
     digests while the drop is planned (~115 bytes, transient) put the peak at ~DOC_COST bytes;
-  * per row, only its cluster label (uint16, 2 bytes; 4 while the labels are renumbered after the fit):
-    ROW_META_COST. A row's length, first document and document hash are computed per block from the per-document
-    arrays (components.core.lazy, components.core.packing.Layout) and the write order per range from the labels
-    (components.ingest.write_order); the row digest and the commit copy per batch. At the default context_length
-    128 that is ~0.03 MB per MB of text for the rows plus ~0.03 MB for ~8 kB documents (~0.34 MB with ~40 bytes
-    a row of numpy arrays before, ~0.66 MB with the hashes as Python strs): a 2,048 MB bound holds the metadata
-    of drops up to ~23 GB of text at context_length 128 (~29 GB at 512, where the k-means sample takes more;
-    ~3.9 GB and ~9.6 GB before). What still grows is per document: ~95 bytes kept, ~DOC_COST at the peak, so a
-    drop of small documents reaches the bound sooner (~5.8 GB of 1 kB documents at context_length 128, ~2.6 GB
-    before). `check_metadata` refuses a larger drop before it is planned, with the fix.
+  * per row, nothing in memory (ROW_META_COST): the cluster labels are written to a file in the ingest's spill
+    directory as they are computed (components.core.ondisk.DiskArray, read back by blocks with pread, never mapped)
+    and renumbered block by block; the write order keeps only each cluster's row count every SCAN_ROWS rows
+    (components.ingest.write_order: 8 bytes a cluster per 262,144 rows, ~0.03 bytes a row at 1,024 clusters). A
+    row's length, first document and document hash are computed per block from the per-document arrays
+    (components.core.lazy, components.core.packing.Layout); the row digest and the commit copy per batch. The
+    labels were 2 bytes a row in memory before (4 while renumbered: 60-120 MB for the 30 M rows of a 4 GB drop at
+    context_length 128). What grows is per document: ~95 bytes kept, ~DOC_COST at the peak, so the metadata of
+    a drop of ~8 kB documents is ~0.03 MB per MB of text (by these constants, not measured at that size: a 2,048
+    MB bound leaves room for the metadata of ~45 GB of text at context_length 128), of 1 kB documents ~0.2 MB per
+    MB (~6 GB). `check_metadata` refuses a larger drop before it is planned, with the fix.
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
@@ -47,7 +48,7 @@ TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-
 FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
 ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
 DOC_COST = 200  # bytes per document at the metadata's peak (module docstring; measured ~170)
-ROW_META_COST = 4  # bytes per row: its uint16 label, twice while renumbered (was 40: ~29 kept + 8 of write order)
+ROW_META_COST = 0.05  # bytes per row: the write order's checkpoints (labels on disk; was 4, and 40 before that)
 WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
 WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)
 HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches in flight (+110-145 MB measured)
