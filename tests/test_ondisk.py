@@ -122,3 +122,41 @@ def test_leftovers_of_a_killed_process_are_removed(tmp_path):
     assert remove_leftovers(tmp_path, "ingest-") == [path] and not path.exists()
     assert live.path.exists()
     live.close()
+
+
+def test_layouts_on_disk_build_the_rows_of_layouts_in_memory(tmp_path, monkeypatch):
+    """split_layouts with `arrays`: each split's documents and starts are DiskArrays, and every row, length, first
+    document and row hash equals the in-memory layout's; the spill's metadata on disk reads back its tokens."""
+    from components.core import packing
+    from components.core.packing import doc_hash, split_layouts
+    from components.ingest.spill import Spill
+
+    monkeypatch.setattr(packing, "SPLIT_BLOCK", 7)  # splits built across many blocks
+    monkeypatch.setattr(ondisk, "SAMPLE", 4)  # searchsorted across many sample intervals
+    texts = python_docs(40)
+    token_lists = load_tokenizer("byte").encode_batch(texts)
+    with Spill(tmp_path, "d1") as spill:
+        spill.append(token_lists[:25])
+        spill.append(token_lists[25:])
+        assert [spill.tokens(i).tolist() for i in (39, 0, 24, 25)] == [list(token_lists[i]) for i in (39, 0, 24, 25)]
+        lengths = np.array([len(t) for t in token_lists])
+        assert np.array_equal(spill.lengths(), lengths) and np.array_equal(
+            np.concatenate(list(spill.length_blocks(6))), lengths
+        )
+        assert np.array_equal(spill.lengths_at([3, 30, 3]), lengths[[3, 30, 3]])
+        args = (lengths, [doc_hash(t) for t in texts], 16, 256, 257, 0.2, 2)
+        disk = split_layouts(*args, fetch=spill.tokens, arrays=spill.arrays)
+        memory = split_layouts(*args, fetch=token_lists.__getitem__)
+        for a, b in ((disk.train, memory.train), (disk.holdout, memory.holdout)):
+            assert isinstance(a.tokens.layout.starts, DiskArray) and isinstance(a.tokens.layout.docs, DiskArray)
+            n = len(b.lengths)
+            assert len(a.lengths) == n > 50
+            assert np.array_equal(a.tokens[0:n], b.tokens[0:n]) and np.array_equal(
+                a.tokens[[5, 1, 2, n - 1]], b.tokens[[5, 1, 2, n - 1]]
+            )
+            assert np.array_equal(np.asarray(a.first_doc), np.asarray(b.first_doc))
+            assert np.array_equal(np.asarray(a.lengths), np.asarray(b.lengths))
+        assert list(disk.train_doc_hashes) == list(memory.train_doc_hashes)
+        files = list(tmp_path.joinpath("tmp").iterdir())
+        assert len(files) == 6  # the tokens, their metadata, each split's documents and starts
+    assert list(tmp_path.joinpath("tmp").iterdir()) == []
