@@ -45,6 +45,7 @@ def test_write_order_ranges_equal_a_stable_argsort(monkeypatch, tmp_path, k, on_
         for a in range(0, n + 1, max(1, n // 13)):
             for b in range(a, n + 1, max(1, n // 7)):
                 assert np.array_equal(order[a:b], expected[a:b]), (n, a, b)
+                assert np.array_equal(order.clusters(a, b), labels[expected[a:b]]), (n, a, b)
 
 
 def test_lazy_array_reads_like_the_array_it_computes():

@@ -60,8 +60,16 @@ class WriteOrder:
         return self._range(a, b) if a < b else np.empty(0, dtype=np.int64)
 
     def clusters(self, a: int, b: int) -> np.ndarray:
-        """The cluster of each of the rows order[a:b] (no read of the labels: clusters are contiguous in order)."""
-        return np.searchsorted(self.offsets, np.arange(a, b, dtype=np.int64), side="right") - 1
+        """The cluster of each of the rows order[a:b], in the labels' dtype (no read of the labels: each cluster is
+        one run of the order)."""
+        dtype = getattr(self.labels, "dtype", np.int64)
+        if a >= b:
+            return np.empty(0, dtype)
+        off = self.offsets
+        first, last = np.searchsorted(off, [a, b - 1], side="right") - 1
+        runs = np.arange(first, last + 1)
+        counts = np.minimum(off[runs + 1], b) - np.maximum(off[runs], a)
+        return np.repeat(runs.astype(dtype), counts)
 
     def _start(self, first: int, last: int, skip: int) -> int:
         """The last checkpoint at or before the first row the range needs: rank `skip` of cluster `first`, or any
