@@ -24,9 +24,11 @@ def _token_ids(n_docs: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([np.asarray(t, np.int64) for t in lists]), np.array([len(t) for t in lists], np.int64)
 
 
+@pytest.mark.parametrize("cache", [32, ondisk.CACHE])
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64])
-def test_disk_array_equals_numpy_for_every_read(tmp_path, monkeypatch, dtype):
+def test_disk_array_equals_numpy_for_every_read(tmp_path, monkeypatch, dtype, cache):
     monkeypatch.setattr(ondisk, "GATHER", 64)  # gathers spread over many blocks
+    monkeypatch.setattr(ondisk, "CACHE", cache)  # small reads across the cached block's end too
     ids, _ = _token_ids(6)
     values = ids.astype(dtype)
     with DiskArray(tmp_path / "a-1", dtype) as arr:
@@ -34,7 +36,15 @@ def test_disk_array_equals_numpy_for_every_read(tmp_path, monkeypatch, dtype):
             arr.append(values[start : start + 5000])
         assert len(arr) == len(values) and arr.dtype == np.dtype(dtype) and arr.shape == values.shape
         assert arr[0] == values[0] and arr[-1] == values[-1] and arr[12345] == values[12345]
-        for a, b in [(0, 10), (777, 20_000), (len(values) - 3, len(values) + 9), (50, 50), (90, 10)]:
+        for a, b in [
+            (0, 10),
+            (777, 20_000),
+            (len(values) - 3, len(values) + 9),
+            (50, 50),
+            (90, 10),
+            (30, 40),
+            (33, 35),
+        ]:
             assert np.array_equal(arr[a:b], values[a:b]) and arr[a:b].dtype == np.dtype(dtype)
         assert np.array_equal(arr[5:900:7], values[5:900:7])
         rng = np.random.default_rng(0)
@@ -61,6 +71,9 @@ def test_searchsorted_equals_numpy_on_document_starts(tmp_path, monkeypatch, sid
         probes = np.concatenate([starts[::3], starts[::7] + 1, [-5, 0, starts[-1], starts[-1] + 10]])
         probes = np.concatenate([probes, np.arange(0, starts[-1], 128)])  # the rows' first tokens of a layout
         assert np.array_equal(arr.searchsorted(probes, side=side), np.searchsorted(starts, probes, side=side))
+        for v in probes[::40].tolist():  # one value at a time (a layout's row range), as an array and a scalar
+            assert arr.searchsorted(np.array([v]), side=side)[0] == np.searchsorted(starts, v, side=side)
+            assert int(arr.searchsorted(v, side=side)) == np.searchsorted(starts, v, side=side)
         grid = np.arange(0, starts[-1], 997).reshape(-1, 1)
         assert np.array_equal(arr.searchsorted(grid, side=side), np.searchsorted(starts, grid, side=side))
 
