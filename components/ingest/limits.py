@@ -10,9 +10,11 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     being written (ROW_COST bytes per token);
   * per-document metadata, which grows with the drop (benchmarks/ingest_metadata.py, tracemalloc, a 50 MB drop at
     context_length 128: benchmarks/results/ingest_metadata.md). A document's hash is 32 raw bytes in one numpy
-    array (components.core.digests) beside its spill offsets (~60 bytes kept) and its place in the layout (~35
-    bytes); the scan's set of the distinct digests (~110 bytes, freed after the scan) and np.unique over the
-    digests while the drop is planned (~115 bytes, transient) put the peak at ~DOC_COST bytes;
+    array (components.core.digests; ~39 bytes kept after the scan) and the plan adds ~20 bytes (the split mask, the
+    kept documents' indices and token counts); its spill offset, length and part (20 bytes) and its place in a
+    layout (16 bytes) are on disk (components.core.ondisk, read by blocks). The scan's set of the distinct digests
+    (~110 bytes, freed after the scan) and np.unique over the digests while the drop is planned (~115 bytes,
+    transient) put the peak at ~DOC_COST bytes;
   * per row, nothing in memory (ROW_META_COST): the cluster labels are written to a file in the ingest's spill
     directory as they are computed (components.core.ondisk.DiskArray, read back by blocks with pread, never mapped)
     and renumbered block by block; the write order keeps only each cluster's row count every SCAN_ROWS rows
@@ -20,7 +22,7 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     row's length, first document and document hash are computed per block from the per-document arrays
     (components.core.lazy, components.core.packing.Layout); the row digest and the commit copy per batch. The
     labels were 2 bytes a row in memory before (4 while renumbered: 60-120 MB for the 30 M rows of a 4 GB drop at
-    context_length 128). What grows is per document: ~95 bytes kept, ~DOC_COST at the peak, so the metadata of
+    context_length 128). What grows is per document: ~60 bytes kept, ~DOC_COST at the peak, so the metadata of
     a drop of ~8 kB documents is ~0.03 MB per MB of text (by these constants, not measured at that size: a 2,048
     MB bound leaves room for the metadata of ~45 GB of text at context_length 128), of 1 kB documents ~0.2 MB per
     MB (~6 GB). `check_metadata` refuses a larger drop before it is planned, with the fix.
