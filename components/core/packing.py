@@ -199,15 +199,30 @@ class Layout:
             self._last = (d, tokens)
         return tokens
 
-    def rows(self, a: int, b: int) -> np.ndarray:
-        """Rows [a, b) as an int32 array [b - a, L], padded with pad_id."""
+    def spans(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and last document (local indices) of each row range [a, b), for all of them at once (one
+        searchsorted each, the in-memory sample of a DiskArray's starts then a read per place)."""
+        lo, hi = a * self.L, np.minimum(b * self.L, self.total)
+        first = self.starts.searchsorted(lo, side="right") - 1
+        last = self.starts.searchsorted(np.maximum(hi - 1, lo), side="right") - 1
+        return first, last
+
+    def rows(self, a: int, b: int, docs: tuple | None = None) -> np.ndarray:
+        """Rows [a, b) as an int32 array [b - a, L], padded with pad_id. `docs`: (first, starts, input indices) of
+        the documents the rows cover, when the caller read them already (LazyRows, for many ranges at once)."""
         lo, hi = a * self.L, min(b * self.L, self.total)
         out = np.full((b - a) * self.L, self.pad, dtype=np.int32)
         if lo >= hi:
             return out.reshape(b - a, self.L)
-        first, last = int(self.first[a]), int(self.starts.searchsorted(hi - 1, side="right")) - 1
-        starts, docs = self.starts[first : last + 1].tolist(), self.docs[first : last + 1].tolist()  # one slice each
-        for d, start, doc in zip(range(first, last + 1), starts, docs, strict=True):
+        if docs is None:
+            first, last = (int(v[0]) for v in self.spans(np.array([a]), np.array([b])))
+            docs = (
+                first,
+                self.starts[first : last + 1].tolist(),
+                self.docs[first : last + 1].tolist(),
+            )  # one slice each
+        first, starts, indices = docs
+        for d, start, doc in zip(range(first, first + len(starts)), starts, indices, strict=True):
             tokens = self._doc(d, doc)
             n = len(tokens)
             cut_lo, cut_hi = max(lo - start, 0), min(hi - start, n + 1)  # the part of [tokens, eos] inside the range
@@ -216,6 +231,21 @@ class Layout:
             if cut_hi == n + 1:
                 out[start + n - lo] = self.eos
         return out.reshape(b - a, self.L)
+
+    def runs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Rows of the ranges [a[i], b[i]) concatenated; the documents they cover are found and read for all the
+        ranges at once (one gather of their starts and one of their input indices), then each range is built."""
+        first, last = self.spans(a, b)
+        counts = np.maximum(last - first + 1, 0)
+        ends = np.cumsum(counts)
+        flat = np.repeat(first, counts) + np.arange(int(ends[-1])) - np.repeat(ends - counts, counts)
+        starts, indices = self.starts[flat].tolist(), self.docs[flat].tolist()
+        return np.concatenate(
+            [
+                self.rows(int(a[i]), int(b[i]), (int(first[i]), starts[e - c : e], indices[e - c : e]))
+                for i, (c, e) in enumerate(zip(counts.tolist(), ends.tolist(), strict=True))
+            ]
+        )
 
 
 class LazyRows:
@@ -241,8 +271,8 @@ class LazyRows:
             return self.layout.rows(int(idx), int(idx) + 1)[0]
         if idx.size == 0:
             return np.empty((0, self.shape[1]), dtype=np.int32)
-        runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
-        return np.concatenate([self.layout.rows(int(run[0]), int(run[-1]) + 1) for run in runs])
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1  # runs of consecutive rows
+        return self.layout.runs(idx[np.concatenate([[0], cuts])], idx[np.concatenate([cuts - 1, [idx.size - 1]])] + 1)
 
 
 def split_layouts(
