@@ -30,6 +30,11 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
 
+What still grows with the drop once the metadata is on disk is the commit (benchmarks/results/ondisk.md, byte
+tokenizer, context_length 128, one process): the high-water RSS before the commit is 382 / 386 / 402 MB at 50 /
+200 / 1,000 MB of text, the Lance write of the rows adds 140 / 191 / 238 MB on top (~0.06 MB per MB of text past
+200 MB), more than HEADROOM_MB at 1 GB; `check_metadata` does not model it yet.
+
 Each batch gets at most a quarter of what the bound leaves after the libraries and the fit (never more than the
 sizes measured as fast: 8 MB of text, 1 M tokens, 4,096 rows), the metadata the rest; workers are started only
 as far as the bound allows. Results never depend on these sizes: the same rows and digests for any bound.
