@@ -83,7 +83,8 @@ def main() -> None:
         store = engine.store if args.engine == "ray" else engine.spill
         plan = plan_drop(memory, scanned, s, tok, store, lambda: engine.scan(content), cluster=False)
         packed = plan.packed
-        clusters = (np.zeros(len(packed.train.lengths), np.uint16), np.zeros(len(packed.holdout.lengths), np.uint16))
+        arrays = getattr(store, "arrays", None)  # labels on disk (components.core.ondisk) where the checkout has them
+        clusters = (_zeros(arrays, len(packed.train.lengths)), _zeros(arrays, len(packed.holdout.lengths)))
         after, peak = tracemalloc.get_traced_memory()
         n_rows = len(packed.train.lengths) + len(packed.holdout.lengths)
         out |= {"rows": n_rows, "plan_kept_per_row": (after - kept) / n_rows, "plan_peak_mb": (peak - kept) / 2**20}
@@ -98,11 +99,22 @@ def main() -> None:
             pass
         out["commit_peak_mb"] = (tracemalloc.get_traced_memory()[1] - after) / 2**20
         tracemalloc.reset_peak()
-        labels = assign_clusters(packed.train, packed.holdout, s.ingest.clusters_per_drop, s.ingest.seed)
+        on_disk = {"arrays": arrays} if arrays is not None else {}
+        labels = assign_clusters(packed.train, packed.holdout, s.ingest.clusters_per_drop, s.ingest.seed, **on_disk)
         kept, peak = tracemalloc.get_traced_memory()
         out |= {"cluster_kept_per_row": (kept - after) / n_rows, "cluster_peak_mb": (peak - after) / 2**20}
-        out["label_dtype"] = str(labels[0].dtype)
+        out["label_dtype"] = f"{labels[0].dtype} ({type(labels[0]).__name__})"
     _finish(out, args, work, t0)
+
+
+def _zeros(arrays, n: int):
+    """uint16 zero labels, as `assign_clusters` returns for one cluster: in memory, or on disk with `arrays`."""
+    if arrays is None:
+        return np.zeros(n, np.uint16)
+    out = arrays.new(np.uint16)
+    for start in range(0, n, 1 << 16):
+        out.append(np.zeros(min(1 << 16, n - start), np.uint16))
+    return out
 
 
 def _engine(engine: str, source, ref, s, tok, bars):

@@ -18,6 +18,9 @@ import numpy as np
 
 from components.core.digests import Digests
 from components.core.lazy import LazyArray
+from components.core.ondisk import Arrays, DiskArray
+
+SPLIT_BLOCK = 1 << 18  # documents laid out at once when a split's arrays are written to disk
 
 
 class DropTooSmall(ValueError):
@@ -176,10 +179,20 @@ class Layout:
     """
 
     def __init__(self, docs: np.ndarray, doc_lengths: np.ndarray, context_length: int, eos_id: int, pad_id: int, fetch):
-        self.docs, self.L, self.eos, self.pad, self.fetch = docs, context_length, eos_id, pad_id, fetch
         spans = np.asarray(doc_lengths, dtype=np.int64) + 1  # one eos after each document
-        self.starts = np.cumsum(spans) - spans
-        self.total = int(spans.sum())
+        self._setup(docs, np.cumsum(spans) - spans, int(spans.sum()), context_length, eos_id, pad_id, fetch)
+
+    @classmethod
+    def on_disk(cls, docs: DiskArray, starts: DiskArray, total: int, context_length: int, eos_id, pad_id, fetch):
+        """A layout whose per-document arrays (`docs`, and `starts`: each document's first token in the split,
+        ascending) are DiskArrays (components.core.ondisk), read a slice at a time; `total`: the split's tokens."""
+        layout = cls.__new__(cls)
+        layout._setup(docs, starts, total, context_length, eos_id, pad_id, fetch)
+        return layout
+
+    def _setup(self, docs, starts, total: int, context_length: int, eos_id: int, pad_id: int, fetch) -> None:
+        self.docs, self.L, self.eos, self.pad, self.fetch = docs, context_length, eos_id, pad_id, fetch
+        self.starts, self.total = starts, int(total)
         self.n_rows = -(-self.total // context_length)
         # Per row, computed per block (components.core.lazy): no array grows with the rows.
         self.lengths = LazyArray(self.n_rows, self._lengths, np.int32)  # == L except the last row
@@ -192,27 +205,42 @@ class Layout:
 
     def _first(self, rows: np.ndarray) -> np.ndarray:
         # Every document spans >= 1 token (its eos), so starts are strictly increasing and searchsorted is exact.
-        return np.searchsorted(self.starts, rows * self.L, side="right") - 1
+        return self.starts.searchsorted(rows * self.L, side="right") - 1  # ndarray's, or a DiskArray's
 
-    def _doc(self, d: int) -> np.ndarray:
-        """Document d's tokens; the last one is kept, so a long document read by several runs of rows in a row (the
-        rows of one cluster, components.ingest.rows) is fetched once."""
+    def _doc(self, d: int, doc: int) -> np.ndarray:
+        """Tokens of document d (input index `doc`); the last one is kept, so a long document read by several runs
+        of rows in a row (the rows of one cluster, components.ingest.rows) is fetched once."""
         last, tokens = self._last
         if last != d or tokens is None:
-            tokens = np.asarray(self.fetch(int(self.docs[d])))
+            tokens = np.asarray(self.fetch(doc))
             self._last = (d, tokens)
         return tokens
 
-    def rows(self, a: int, b: int) -> np.ndarray:
-        """Rows [a, b) as an int32 array [b - a, L], padded with pad_id."""
+    def spans(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first and last document (local indices) of each row range [a, b), for all of them at once (one
+        searchsorted each, the in-memory sample of a DiskArray's starts then a read per place)."""
+        lo, hi = a * self.L, np.minimum(b * self.L, self.total)
+        first = self.starts.searchsorted(lo, side="right") - 1
+        last = self.starts.searchsorted(np.maximum(hi - 1, lo), side="right") - 1
+        return first, last
+
+    def rows(self, a: int, b: int, docs: tuple | None = None) -> np.ndarray:
+        """Rows [a, b) as an int32 array [b - a, L], padded with pad_id. `docs`: (first, starts, input indices) of
+        the documents the rows cover, when the caller read them already (LazyRows, for many ranges at once)."""
         lo, hi = a * self.L, min(b * self.L, self.total)
         out = np.full((b - a) * self.L, self.pad, dtype=np.int32)
         if lo >= hi:
             return out.reshape(b - a, self.L)
-        last = int(np.searchsorted(self.starts, hi - 1, side="right")) - 1
-        for d in range(int(self.first[a]), last + 1):
-            start = int(self.starts[d])
-            tokens = self._doc(d)
+        if docs is None:
+            first, last = (int(v[0]) for v in self.spans(np.array([a]), np.array([b])))
+            docs = (
+                first,
+                self.starts[first : last + 1].tolist(),
+                self.docs[first : last + 1].tolist(),
+            )  # one slice each
+        first, starts, indices = docs
+        for d, start, doc in zip(range(first, first + len(starts)), starts, indices, strict=True):
+            tokens = self._doc(d, doc)
             n = len(tokens)
             cut_lo, cut_hi = max(lo - start, 0), min(hi - start, n + 1)  # the part of [tokens, eos] inside the range
             if cut_lo < min(cut_hi, n):
@@ -220,6 +248,21 @@ class Layout:
             if cut_hi == n + 1:
                 out[start + n - lo] = self.eos
         return out.reshape(b - a, self.L)
+
+    def runs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Rows of the ranges [a[i], b[i]) concatenated; the documents they cover are found and read for all the
+        ranges at once (one gather of their starts and one of their input indices), then each range is built."""
+        first, last = self.spans(a, b)
+        counts = np.maximum(last - first + 1, 0)
+        ends = np.cumsum(counts)
+        flat = np.repeat(first, counts) + np.arange(int(ends[-1])) - np.repeat(ends - counts, counts)
+        starts, indices = self.starts[flat].tolist(), self.docs[flat].tolist()
+        return np.concatenate(
+            [
+                self.rows(int(a[i]), int(b[i]), (int(first[i]), starts[e - c : e], indices[e - c : e]))
+                for i, (c, e) in enumerate(zip(counts.tolist(), ends.tolist(), strict=True))
+            ]
+        )
 
 
 class LazyRows:
@@ -245,8 +288,8 @@ class LazyRows:
             return self.layout.rows(int(idx), int(idx) + 1)[0]
         if idx.size == 0:
             return np.empty((0, self.shape[1]), dtype=np.int32)
-        runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
-        return np.concatenate([self.layout.rows(int(run[0]), int(run[-1]) + 1) for run in runs])
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1  # runs of consecutive rows
+        return self.layout.runs(idx[np.concatenate([[0], cuts])], idx[np.concatenate([cuts - 1, [idx.size - 1]])] + 1)
 
 
 def split_layouts(
@@ -259,11 +302,13 @@ def split_layouts(
     min_holdout_sequences: int,
     fetch,
     mask: np.ndarray | None = None,
+    arrays: Arrays | None = None,
 ) -> SplitPacked:
     """`split_and_pack` from the documents' token counts: the split and every row's place are decided from
     metadata; the rows' tokens (`Packed.tokens`, a LazyRows) are built from `fetch(doc)` when read. `mask`: the
     split `choose_holdout` gives, if the caller decided it already (ingest does, partitioned on disk:
-    components.ingest.dedup)."""
+    components.ingest.dedup). With `arrays` (an ingest's, components.core.ondisk) each split's documents and starts
+    are DiskArrays, built SPLIT_BLOCK documents at a time, so a layout holds no per-document array in memory."""
     if len(doc_lengths) != len(hashes):
         raise ValueError(f"{len(doc_lengths)} documents but {len(hashes)} hashes")
     hashes = hashes if isinstance(hashes, Digests) else Digests(hashes)
@@ -272,14 +317,32 @@ def split_layouts(
     if mask is None:
         mask = choose_holdout(doc_tokens, hashes, holdout_fraction, needed)
 
-    def layout(idx: np.ndarray) -> tuple[Packed, Digests]:
-        lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
+    def layout(held: bool) -> tuple[Packed, Digests]:
+        if arrays is None:
+            idx = np.flatnonzero(mask == held)
+            lay = Layout(idx, doc_tokens[idx] - 1, context_length, eos_id, pad_id, fetch)
+        else:
+            idx, starts, total = _split_on_disk(doc_tokens, mask, held, arrays)
+            lay = Layout.on_disk(idx, starts, total, context_length, eos_id, pad_id, fetch)
         first_doc = lay.first.map(idx)  # input index of each row's first document, per block
         return Packed(LazyRows(lay), lay.lengths, first_doc), hashes.take(first_doc)
 
-    train, train_hashes = layout(np.flatnonzero(~mask))
-    holdout, holdout_hashes = layout(np.flatnonzero(mask))
+    train, train_hashes = layout(False)
+    holdout, holdout_hashes = layout(True)
     return SplitPacked(train, holdout, train_hashes, holdout_hashes, mask)
+
+
+def _split_on_disk(doc_tokens: np.ndarray, mask: np.ndarray, held: bool, arrays: Arrays):
+    """One split's documents (input indices) and their starts, as DiskArrays built SPLIT_BLOCK documents at a time;
+    and the split's total tokens."""
+    docs, starts, total = arrays.new(np.int64), arrays.new(np.int64), 0
+    for at in range(0, len(mask), SPLIT_BLOCK):
+        idx = np.flatnonzero(mask[at : at + SPLIT_BLOCK] == held) + at
+        spans = doc_tokens[idx]
+        docs.append(idx)
+        starts.append(total + np.cumsum(spans) - spans)
+        total += int(spans.sum())
+    return docs, starts, total
 
 
 def split_and_pack(

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import normalize
 
+from components.core.ondisk import Arrays, DiskArray
 from components.core.packing import Packed
 from components.ingest.write_order import label_counts
 
@@ -161,37 +162,64 @@ def fit_centers(sample: Packed, k: int, seed: int, chunk_tokens: int = CHUNK_TOK
 
 
 def label_rows(
-    part: Packed, centers: np.ndarray, rows: np.ndarray | None = None, chunk_tokens: int = CHUNK_TOKENS
-) -> np.ndarray:
-    """Nearest center (LABEL) of each of `rows` (default: all) of `part`, featurized CHUNK rows at a time."""
+    part: Packed,
+    centers: np.ndarray,
+    rows: np.ndarray | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
+    arrays: Arrays | None = None,
+) -> np.ndarray | DiskArray:
+    """Nearest center (LABEL) of each of `rows` (default: all) of `part`, featurized CHUNK rows at a time; with
+    `arrays` (the ingest's, components.core.ondisk) each chunk's labels are appended to a DiskArray on disk, so the
+    labels hold no memory that grows with the drop; without, a plain ndarray (tests, split_and_pack callers)."""
     c64 = np.asarray(centers, dtype=np.float64)
     norms = (c64**2).sum(axis=1)
-    out = np.empty(len(part) if rows is None else len(rows), dtype=LABEL)
+    n = len(part) if rows is None else len(rows)
+    out = np.empty(n, dtype=LABEL) if arrays is None else arrays.new(LABEL)
     for where, idx in _chunks(part, rows, chunk_tokens):
-        out[where] = _nearest(sequence_features(part.tokens[idx], part.lengths[idx]), c64, norms)
+        labels = _nearest(sequence_features(part.tokens[idx], part.lengths[idx]), c64, norms)
+        if arrays is None:
+            out[where] = labels
+        else:
+            out.append(labels)
     return out
 
 
-def drop_unused(centers: np.ndarray, train_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def drop_unused(
+    centers: np.ndarray, train_labels: np.ndarray | DiskArray, arrays: Arrays | None = None
+) -> tuple[np.ndarray, np.ndarray | DiskArray]:
     """Hash collisions or a sample unlike the rest can leave a center without train sequences: drop it, so every
-    arm can be sampled from; the train labels are renumbered 0..k_used-1 (by a table: no per-row temporary wider
-    than the labels)."""
+    arm can be sampled from; the train labels are renumbered 0..k_used-1 by a table, a block at a time (a DiskArray
+    into a new one, `arrays` owning it; the old one is removed), with no per-row temporary wider than the labels."""
     used = np.flatnonzero(label_counts(train_labels, minlength=len(centers)))
-    if used.size < len(centers):
-        renumber = np.zeros(len(centers), dtype=train_labels.dtype)
-        renumber[used] = np.arange(used.size)
+    if used.size == len(centers):
+        return centers, train_labels
+    renumber = np.zeros(len(centers), dtype=train_labels.dtype)
+    renumber[used] = np.arange(used.size)
+    if not isinstance(train_labels, DiskArray):
         return centers[used], renumber[train_labels]
-    return centers, train_labels
+    if arrays is None:
+        raise ValueError("drop_unused: labels on disk are renumbered into a new DiskArray; pass the `arrays` owning it")
+    out = arrays.new(train_labels.dtype)
+    for block in train_labels.blocks():
+        out.append(renumber[block])
+    arrays.release(train_labels)
+    return centers[used], out
 
 
 def assign_clusters(
-    train: Packed, holdout: Packed, k: int, seed: int, chunk_tokens: int = CHUNK_TOKENS
-) -> tuple[np.ndarray, np.ndarray]:
+    train: Packed,
+    holdout: Packed,
+    k: int,
+    seed: int,
+    chunk_tokens: int = CHUNK_TOKENS,
+    arrays: Arrays | None = None,
+) -> tuple[np.ndarray | DiskArray, np.ndarray | DiskArray]:
     """Fit k-means on (a seeded sample of) the train sequences; label train and holdout by nearest center.
 
     Cluster ids are LABEL (uint16) in 0..k_used-1, where k_used <= k_eff counts the clusters that own at least one train
-    sequence: every arm can always be sampled from. Deterministic for the same input and seed. The Ray engine runs
-    the same steps with the labelling on its workers (components.ingest.engine_ray).
+    sequence: every arm can always be sampled from. Deterministic for the same input and seed. With `arrays` the
+    labels are DiskArrays (label_rows). The Ray engine runs the same steps with the labelling on its workers
+    (components.ingest.engine_ray).
     """
     n_train = len(train)
     if n_train == 0:
@@ -199,6 +227,16 @@ def assign_clusters(
     sample = fit_sample(n_train, seed)
     centers = fit_centers(Packed(train.tokens[sample], train.lengths[sample], sample), k, seed, chunk_tokens)
     if centers is None:
-        return np.zeros(n_train, LABEL), np.zeros(len(holdout), LABEL)
-    centers, train_labels = drop_unused(centers, label_rows(train, centers, None, chunk_tokens))
-    return train_labels, label_rows(holdout, centers, None, chunk_tokens)
+        if arrays is None:
+            return np.zeros(n_train, LABEL), np.zeros(len(holdout), LABEL)
+        return _zeros(arrays, n_train), _zeros(arrays, len(holdout))
+    train_labels = label_rows(train, centers, None, chunk_tokens, arrays)
+    centers, train_labels = drop_unused(centers, train_labels, arrays)
+    return train_labels, label_rows(holdout, centers, None, chunk_tokens, arrays)
+
+
+def _zeros(arrays: Arrays, n: int) -> DiskArray:
+    out = arrays.new(LABEL)
+    for start in range(0, n, CHUNK):
+        out.append(np.zeros(min(CHUNK, n - start), LABEL))
+    return out

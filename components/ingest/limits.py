@@ -10,27 +10,32 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     being written (ROW_COST bytes per token);
   * per-document metadata, which grows with the drop (benchmarks/ingest_metadata.py, tracemalloc, a 50 MB drop at
     context_length 128: benchmarks/results/ingest_metadata.md). A document's hash is 32 raw bytes in one numpy
-    array (components.core.digests) beside its spill offsets (~60 bytes kept) and its place in the layout (~35
-    bytes). The scan keeps no set of digests (every document is tokenized: components.ingest.scan), and the
-    deduplication and holdout choice run bucket by bucket on disk (components.ingest.dedup), so what they add is
-    the kept indices and the split (8 + 1 bytes a kept document, 8 more while sorted) and a copy of the spill's
-    token counts (8 bytes): ~12 bytes a document measured, above a fixed 10-30 MB (benchmarks/dedup_memory.py,
-    benchmarks/results/dedup_memory.md; ~90-115 bytes with np.unique over the whole drop, ~110 more for the
-    scan's set before): the peak is ~DOC_COST bytes a document;
-  * per row, only its cluster label (uint16, 2 bytes; 4 while the labels are renumbered after the fit):
-    ROW_META_COST. A row's length, first document and document hash are computed per block from the per-document
-    arrays (components.core.lazy, components.core.packing.Layout) and the write order per range from the labels
-    (components.ingest.write_order); the row digest and the commit copy per batch. At the default context_length
-    128 that is ~0.03 MB per MB of text for the rows plus ~0.015 MB for ~8 kB documents (~0.34 MB with ~40 bytes
-    a row of numpy arrays before, ~0.66 MB with the hashes as Python strs): a 2,048 MB bound holds the metadata
-    of drops up to ~28 GB of text at context_length 128 (~43 GB at 512, where the k-means sample takes more;
-    ~23 GB and ~30 GB with a DOC_COST of 200, ~3.9 GB and ~9.6 GB before that). What still grows is per
-    document: ~95 bytes kept, ~DOC_COST at the peak, so a drop of small documents reaches the bound sooner
-    (~8.7 GB of 1 kB documents at context_length 128; ~5.8 GB with a DOC_COST of 200, ~2.6 GB before).
-    `check_metadata` refuses a larger drop before it is planned, with the fix.
+    array (components.core.digests, grown in parts: no doubling copy; ~39 bytes kept after the scan) and the plan
+    adds ~20 bytes (the split mask, the kept documents' indices and token counts); its spill offset, length and
+    part (20 bytes) and its place in a layout (16 bytes) are on disk (components.core.ondisk, read by blocks). The
+    scan keeps no set of digests (every document is tokenized: components.ingest.scan), and the deduplication and
+    holdout choice run bucket by bucket on disk (components.ingest.dedup): ~12 bytes a document above a fixed
+    10-30 MB (benchmarks/dedup_memory.py, benchmarks/results/dedup_memory.md; ~90-115 bytes with np.unique over
+    the whole drop and ~110 more for the scan's set before). With the spill's token counts read whole while
+    planning (8 bytes), the peak is ~DOC_COST bytes a document (~60 kept + ~30 transient, rounded up);
+  * per row, nothing in memory (ROW_META_COST): the cluster labels are written to a file in the ingest's spill
+    directory as they are computed (components.core.ondisk.DiskArray, read back by blocks with pread, never mapped)
+    and renumbered block by block; the write order keeps only each cluster's row count every SCAN_ROWS rows
+    (components.ingest.write_order: 8 bytes a cluster per 262,144 rows, ~0.03 bytes a row at 1,024 clusters). A
+    row's length, first document and document hash are computed per block from the per-document arrays
+    (components.core.lazy, components.core.packing.Layout); the row digest and the commit copy per batch. The
+    labels were 2 bytes a row in memory before (4 while renumbered: 60-120 MB for the 30 M rows of a 4 GB drop at
+    context_length 128). So the metadata of a drop of ~8 kB documents is ~0.012 MB per MB of text (by these
+    constants: a 2,048 MB bound leaves room for the metadata of ~100 GB of text at context_length 128), of 1 kB
+    documents ~0.1 MB per MB (~13 GB). `check_metadata` refuses a larger drop before it is planned, with the fix.
   * with `ingest.workers` > 1, during the scan only, each worker process: ~WORKER_MB of imports (no LanceDB,
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
+
+What still grows with the drop once the metadata is on disk is the commit (benchmarks/results/ondisk.md, byte
+tokenizer, context_length 128, one process): the high-water RSS before the commit is 382 / 386 / 402 MB at 50 /
+200 / 1,000 MB of text, the Lance write of the rows adds 140 / 191 / 238 MB on top (~0.06 MB per MB of text past
+200 MB), more than HEADROOM_MB at 1 GB; `check_metadata` does not model it yet.
 
 Each batch gets at most a quarter of what the bound leaves after the libraries and the fit (never more than the
 sizes measured as fast: 8 MB of text, 1 M tokens, 4,096 rows), the metadata the rest; workers are started only
@@ -51,8 +56,8 @@ MB = 1 << 20
 TOKEN_COST = 12  # bytes per byte of text in a tokenize batch: the str, its UTF-8 copy, int32 ids, spill bytes
 FEATURE_COST = 80  # bytes per token while featurizing: 64-bit keys, sorted buckets, run starts, CSR
 ROW_COST = 16  # bytes per token of a record batch: built rows, the int32 copy, the Arrow array
-DOC_COST = 120  # bytes per document at the metadata's peak (module docstring; ~95 kept + ~20; was 200)
-ROW_META_COST = 4  # bytes per row: its uint16 label, twice while renumbered (was 40: ~29 kept + 8 of write order)
+DOC_COST = 100  # bytes per document at the metadata's peak (module docstring; ~60 kept + ~30; was 200, then 120)
+ROW_META_COST = 0.05  # bytes per row: the write order's checkpoints (labels on disk; was 4, and 40 before that)
 WORKER_MB = 110  # a scan worker's RSS before its batch, byte tokenizer (the readers and numpy; measured 97 MB)
 WORKER_MB_HF = 450  # ... with a Hugging Face tokenizer (transformers, the tokenizer; ~420 MB measured, SmolLM2)
 HEADROOM_MB = 160  # allocator slack and the commit: Lance's writer and batches in flight (+110-145 MB measured)

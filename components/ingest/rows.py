@@ -75,13 +75,20 @@ def record_batches(
         offset += n
         for seg in range(lo, hi, segment):
             end = min(seg + segment, hi)
-            positions = np.arange(seg, end) if order is None else order[seg:end]
-            yield from _batches(drop_id, split, part, cluster, hashes, positions, schema, width, batch_rows, advance)
+            if order is None:  # position order: the labels are one slice (a DiskArray reads it with one pread)
+                positions, labels = np.arange(seg, end), cluster[seg:end]
+            elif isinstance(order, WriteOrder):  # grouped by cluster: each row's label is known from the totals
+                positions, labels = order[seg:end], order.clusters(seg, end)
+            else:  # any other order (an array of positions): the labels gathered
+                positions = order[seg:end]
+                labels = cluster[positions]
+            args = (schema, width, batch_rows, advance)
+            yield from _batches(drop_id, split, part, labels, hashes, positions, *args)
 
 
-def _batches(drop_id, split, part, cluster, hashes, positions, schema, width, batch_rows, advance):
-    """Record batches of `batch_rows` of the split's rows at `positions` (in that order); the labels (uint16,
-    components.ingest.clustering) and lengths are cast to the schema's int32 per batch."""
+def _batches(drop_id, split, part, labels, hashes, positions, schema, width, batch_rows, advance):
+    """Record batches of `batch_rows` of the split's rows at `positions` (in that order) with their `labels`
+    (uint16, components.ingest.clustering); labels and lengths are cast to the schema's int32 per batch."""
     for first in range(0, len(positions), batch_rows):
         idx = positions[first : first + batch_rows]
         flat = pa.array(_rows(part.tokens, idx).reshape(-1).astype(np.int32), pa.int32())
@@ -92,7 +99,7 @@ def _batches(drop_id, split, part, cluster, hashes, positions, schema, width, ba
                 pa.array(idx.astype(np.int32)),
                 pa.FixedSizeListArray.from_arrays(flat, width),
                 pa.array(part.lengths[idx].astype(np.int32)),
-                pa.array(np.asarray(cluster)[idx].astype(np.int32)),
+                pa.array(np.asarray(labels[first : first + batch_rows]).astype(np.int32)),
                 hashes.take(idx).to_arrow(),  # hex-encoded per batch (components.core.digests)
             ],
             schema=schema,

@@ -174,6 +174,7 @@ def plan_drop(
             cfg.min_holdout_sequences,
             fetch=lambda doc: spill.tokens(int(at[doc])),
             mask=mask,
+            arrays=getattr(spill, "arrays", None),  # the layout's per-document arrays on disk
         )
     except DropTooSmall as exc:
         plan.too_small = str(exc)
@@ -181,5 +182,5 @@ def plan_drop(
     if cluster:
         chunk = {} if limits is None else {"chunk_tokens": limits.chunk_tokens}
         args = (plan.packed.train, plan.packed.holdout, cfg.clusters_per_drop, cfg.seed)
-        plan.clusters = assign_clusters(*args, **chunk)
+        plan.clusters = assign_clusters(*args, **chunk, arrays=getattr(spill, "arrays", None))  # labels on disk
     return plan

@@ -19,13 +19,17 @@ left-over whose process is gone.
 from __future__ import annotations
 
 import os
-from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from components.core import ondisk
+
 PREFIX = "ingest-"
 TOKEN = np.dtype("<u4")
+META = np.dtype([("offset", "<i8"), ("length", "<i8"), ("part", "<i4")])  # per document, in a DiskArray
+META_BLOCK = 4096  # documents' metadata read at once by `tokens` (80 kB)
 
 
 class Spill:
@@ -35,7 +39,10 @@ class Spill:
         remove_leftovers(root)
         self.path = root / f"{PREFIX}{drop_id}-{os.getpid()}"
         self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close(), which __exit__ calls
-        self._offsets, self._lengths, self._parts = array("q"), array("q"), array("i")
+        # The ingest's per-row and per-document arrays on disk (components.core.ondisk), removed with the spill.
+        self.arrays = ondisk.Arrays(root, f"{PREFIX}{drop_id}-")
+        self._meta = self.arrays.new(META)  # per document: where its tokens are (20 bytes, on disk)
+        self._block: tuple[int, np.ndarray] = (-1, np.empty(0, META))  # the block of _meta last read (`tokens`)
         self._files = [self._file]  # part 0: this file; then the adopted part files
         self._part_paths: list[Path] = []
         self._end = 0
@@ -47,18 +54,18 @@ class Spill:
         self.close()
 
     def __len__(self) -> int:
-        return len(self._lengths)
+        return len(self._meta)
 
     def append(self, token_lists) -> None:
         """Append documents' tokens; each becomes the next index (0, 1, ...)."""
-        for tokens in token_lists:
+        meta = np.zeros(len(token_lists), META)
+        for i, tokens in enumerate(token_lists):
             data = np.asarray(tokens).astype(TOKEN, copy=False)
             self._file.write(data.tobytes())
-            self._offsets.append(self._end)
-            self._lengths.append(len(data))
-            self._parts.append(0)
+            meta[i] = (self._end, len(data), 0)
             self._end += len(data)
         self._file.flush()  # pread reads the file, not Python's buffer
+        self._meta.append(meta)
 
     @property
     def n_parts(self) -> int:
@@ -76,23 +83,47 @@ class Spill:
         """Append documents a worker wrote to the part file `path` (token offsets and counts in it)."""
         part = len(self._files)
         self._files.append(open(path, "rb"))  # noqa: SIM115 - closed by close()
-        self._offsets.extend(np.asarray(offsets, dtype=np.int64).tolist())
-        self._lengths.extend(np.asarray(lengths, dtype=np.int64).tolist())
-        self._parts.extend([part] * len(lengths))
+        meta = np.zeros(len(lengths), META)
+        meta["offset"], meta["length"], meta["part"] = offsets, lengths, part
+        self._meta.append(meta)
 
     def lengths(self) -> np.ndarray:
-        return np.frombuffer(self._lengths, dtype=np.int64).copy()  # a view would pin the array: no more appends
+        """Every document's token count, whole (8 bytes a document in memory): `length_blocks` or `lengths_at`
+        read them without a per-document array."""
+        return np.concatenate([*self.length_blocks(), np.empty(0, np.int64)])
+
+    def length_blocks(self, n: int = ondisk.BLOCK) -> Iterator[np.ndarray]:
+        """The documents' token counts (int64), `n` documents at a time, in index order."""
+        for block in self._meta.blocks(n):
+            yield block["length"].astype(np.int64)
+
+    def lengths_at(self, indices: np.ndarray) -> np.ndarray:
+        """Token counts (int64) of the documents at `indices` (a gather of the blocks covering them)."""
+        return self._meta[np.asarray(indices, dtype=np.int64)]["length"].astype(np.int64)
+
+    def _where(self, index: int) -> np.void:
+        """Document `index`'s (offset, length, part), from the block of META_BLOCK documents last read: documents
+        are fetched in runs (a layout's rows in order), so this is one metadata read per META_BLOCK documents."""
+        start, block = self._block
+        if not start <= index < start + len(block):
+            if not 0 <= index < len(self._meta):
+                raise IndexError(f"document {index} is not in the token spill of {len(self._meta)} documents")
+            start = index - index % META_BLOCK
+            block = self._meta[start : start + META_BLOCK]
+            self._block = (start, block)
+        return block[index - start]
 
     def tokens(self, index: int) -> np.ndarray:
-        """Document `index`'s tokens, read back with one pread."""
-        n = self._lengths[index]
-        fd = self._files[self._parts[index]].fileno()
-        data = os.pread(fd, n * TOKEN.itemsize, self._offsets[index] * TOKEN.itemsize)
+        """Document `index`'s tokens, read back with one pread (and its metadata from the cached block)."""
+        offset, n, part = self._where(int(index)).tolist()
+        fd = self._files[part].fileno()
+        data = os.pread(fd, n * TOKEN.itemsize, offset * TOKEN.itemsize)
         if len(data) != n * TOKEN.itemsize:
             raise OSError(f"{self.path}: the token spill is shorter than written (removed while ingest ran?)")
         return np.frombuffer(data, dtype=TOKEN)
 
     def close(self) -> None:
+        self.arrays.close()
         for file in self._files:
             if not file.closed:
                 file.close()
@@ -115,21 +146,5 @@ def write_part(path: Path, token_lists, at: int) -> tuple[list[int], list[int], 
 
 
 def remove_leftovers(root: Path) -> list[Path]:
-    """Remove the spills of ingests whose process is gone (killed before they could); returns what was removed."""
-    removed = []
-    for path in root.glob(f"{PREFIX}*-*"):
-        pid = path.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+    """Remove the spills (and on-disk arrays) of ingests whose process is gone; returns what was removed."""
+    return ondisk.remove_leftovers(root, PREFIX)

@@ -2,13 +2,16 @@
 
 The order is a stable sort of the train rows by cluster: clusters ascending, positions ascending inside each
 (components.adapters.records.DropIndex needs every (drop, cluster) arm as one range of row ids). As an argsort it
-costs 8 bytes a row for the whole commit; here only the labels (2 bytes a row) are kept, with each cluster's row
-count, and any range [a, b) of the order is found by one scan of the labels (it stops once the range is complete),
-SCAN_ROWS at a time: the clusters the
-range covers are known from the counts, the first and the last of them are cut by rank (how many rows of that
-cluster come before). The commit asks for ranges of `SEGMENT_ROWS` (components.ingest.rows.record_batches), so a
-drop of n train rows is scanned n / SEGMENT_ROWS times: ~0.1 s a scan of 40 M labels, a few seconds for a drop of
-5 GB of text at context_length 128, for the 8 bytes a row an argsort would hold.
+costs 8 bytes a row for the whole commit; here only the labels are read (a DiskArray on disk during an ingest,
+components.core.ondisk, or an ndarray), SCAN_ROWS at a time, and any range [a, b) of the order is found by a scan
+of the labels that starts at the right checkpoint and stops once the range is complete. One pass when the order
+is made records every cluster's row count before each SCAN_ROWS checkpoint (`checkpoints`, [n / SCAN_ROWS + 1, k]
+int64: a few kB, 8 k bytes per SCAN_ROWS rows); a range's clusters are known from the totals, the first and the
+last of them are cut by rank (how many rows of that cluster come before), and its scan starts at the last
+checkpoint before the first row it needs (the rank `skip` of its first cluster, or any row of the later ones).
+The commit asks for ranges of `SEGMENT_ROWS` (components.ingest.rows.record_batches) in order, so the whole order
+costs about one pass over the labels per cluster interleaving (rows of one cluster spread over the drop are read
+with the rows of the other clusters between them), not one pass from row 0 per range.
 """
 
 from __future__ import annotations
@@ -33,13 +36,17 @@ def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
 
 class WriteOrder:
     """Positions of the train rows in write order; `order[a:b]` is an int64 array, the same as
-    `np.argsort(labels, kind="stable")[a:b]`."""
+    `np.argsort(labels, kind="stable")[a:b]`; `clusters(a, b)` the labels of those rows (read from the totals)."""
 
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = np.asarray(labels)
-        self.offsets = np.zeros(1, dtype=np.int64)
-        if self.labels.size:
-            self.offsets = np.concatenate([[0], np.cumsum(label_counts(self.labels))])  # cluster c: [off[c], off[c+1])
+    def __init__(self, labels) -> None:
+        self.labels = labels  # an ndarray or a DiskArray (components.core.ondisk): read SCAN_ROWS at a time
+        per_block = [np.bincount(labels[s : s + SCAN_ROWS]) for s in range(0, len(labels), SCAN_ROWS)]
+        k = max((len(c) for c in per_block), default=0)
+        checkpoints = np.zeros((len(per_block) + 1, k), dtype=np.int64)  # row j: counts before row j * SCAN_ROWS
+        for j, counts in enumerate(per_block):
+            checkpoints[j + 1, : len(counts)] = counts
+        self.checkpoints = np.cumsum(checkpoints, axis=0)
+        self.offsets = np.concatenate([[0], np.cumsum(self.checkpoints[-1])]).astype(np.int64)  # c: [off[c], off[c+1])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,15 +59,39 @@ class WriteOrder:
             raise IndexError("a WriteOrder takes slices of step 1 only")
         return self._range(a, b) if a < b else np.empty(0, dtype=np.int64)
 
+    def clusters(self, a: int, b: int) -> np.ndarray:
+        """The cluster of each of the rows order[a:b], in the labels' dtype (no read of the labels: each cluster is
+        one run of the order)."""
+        dtype = getattr(self.labels, "dtype", np.int64)
+        if a >= b:
+            return np.empty(0, dtype)
+        off = self.offsets
+        first, last = np.searchsorted(off, [a, b - 1], side="right") - 1
+        runs = np.arange(first, last + 1)
+        counts = np.minimum(off[runs + 1], b) - np.maximum(off[runs], a)
+        return np.repeat(runs.astype(dtype), counts)
+
+    def _start(self, first: int, last: int, skip: int) -> int:
+        """The last checkpoint at or before the first row the range needs: rank `skip` of cluster `first`, or any
+        row of the clusters (first, last]."""
+        cp = self.checkpoints
+        j = int(np.searchsorted(cp[:, first], skip, side="right")) - 1
+        if last > first:
+            later = cp[:, first + 1 : last + 1].sum(axis=1)
+            j = min(j, int(np.searchsorted(later, 0, side="right")) - 1)
+        return max(j, 0)
+
     def _range(self, a: int, b: int) -> np.ndarray:
         off = self.offsets
         first = int(np.searchsorted(off, a, side="right")) - 1  # cluster of order[a]
         last = int(np.searchsorted(off, b - 1, side="right")) - 1  # cluster of order[b - 1]
         skip, stop = a - int(off[first]), b - int(off[last])  # rank window: first's ranks >= skip, last's < stop
+        j = self._start(first, last, skip)
+        seen_first, seen_last = int(self.checkpoints[j, first]), int(self.checkpoints[j, last])
         positions, labels = [], []
-        seen_first = seen_last = found = 0
-        for start in range(0, len(self.labels), SCAN_ROWS):
-            block = self.labels[start : start + SCAN_ROWS]
+        found = 0
+        for start in range(j * SCAN_ROWS, len(self.labels), SCAN_ROWS):
+            block = np.asarray(self.labels[start : start + SCAN_ROWS])
             at = np.flatnonzero(block == first) if first == last else np.flatnonzero((block >= first) & (block <= last))
             lab = block[at]
             is_first, is_last = lab == first, lab == last
