@@ -68,7 +68,8 @@ def test_the_refusal_threshold_moved_with_the_measured_costs():
     """A 3 GB drop of 8 kB documents at context_length 128: refused under a 2,048 MB bound with the costs of hashes
     as Python strs (250 B a document, 80 B a row), admitted since; a 6 GB drop, refused with ~40 B a row of numpy
     arrays, is admitted now that a row holds only its label; a 30 GB drop, refused with the label in memory (2 B a
-    row), is admitted now that the labels are on disk; a 100 GB drop is still refused (its documents' metadata)."""
+    row), is admitted now that the labels are on disk; a 150 GB drop is still refused (its documents' metadata:
+    ~100 B each)."""
     limits = derive_limits(2048, 1, 128, base_mb=285)
     docs, rows = 3072 * 128, 3072 * MB // 128
     old_need = (docs * 250 + rows * 80) / MB + fit_mb(128, rows)
@@ -79,7 +80,7 @@ def test_the_refusal_threshold_moved_with_the_measured_costs():
     assert (10 * docs * 200 + 10 * rows * 4) / MB + fit_mb(128, rows) > limits.room_mb
     check_metadata(limits, "d1", 10 * docs, 10 * rows)
     with pytest.raises(ValueError, match="ingest.max_memory_mb"):
-        check_metadata(limits, "d1", 33 * docs, 33 * rows)
+        check_metadata(limits, "d1", 50 * docs, 50 * rows)
 
 
 def test_a_digest_ending_in_zero_bytes_keeps_all_32_of_them():
