@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from components.adapters.memory import Memory
 from components.adapters.records import DropRecord, sequences_schema
+from components.core import allocator
 from components.core.config import Settings
 from components.core.text import Tokenizer
 from components.ingest.drops import DropRef, DropSource, hash_drop
@@ -41,6 +42,7 @@ class LocalEngine:
 
     def __exit__(self, *exc) -> None:
         self.spill.close()
+        allocator.trim()
 
     def content_hash(self) -> str:
         return hash_drop(self.source, self.ref.drop_id)
@@ -48,18 +50,22 @@ class LocalEngine:
     def scan(self, content: str, tokenize: bool = True) -> Scanned:
         spill = self.spill if tokenize else None
         scanned = scan_drop(self.source, self.ref, self.settings, self.tokenizer, self.bars, spill, self.limits)
+        allocator.trim()  # the phases' temporaries freed: their pages back to the system (components.core.allocator)
         return unchanged(scanned, content, self.ref.drop_id)
 
     def plan(self, memory: Memory, scanned: Scanned, content: str) -> Plan:
         def rescan() -> Scanned:
             return self.scan(content)
 
-        return plan_drop(memory, scanned, self.settings, self.tokenizer, self.spill, rescan, limits=self.limits)
+        plan = plan_drop(memory, scanned, self.settings, self.tokenizer, self.spill, rescan, limits=self.limits)
+        allocator.trim()
+        return plan
 
     def write(self, mem: Memory, rec: DropRecord, plan: Plan, meta: dict, documents: pa.Table) -> None:
         """Digest and row index from the packed rows, then one `commit_drop` streaming them (under writer())."""
         rows = self.limits.batch_rows if self.limits else BATCH_ROWS
         bookkeeping(rec, plan.packed, plan.clusters, batch_rows=rows)
+        allocator.trim()
         schema = sequences_schema(meta)
         advance = self.bars.counter(f"write {rec.drop_id}", rec.sequences + rec.holdout_sequences)
         batches = record_batches(rec.drop_id, plan.packed, plan.clusters, schema, advance, batch_rows=rows)

@@ -32,10 +32,13 @@ What an ingest holds (measured on the byte tokenizer, context_length 512; benchm
     no scikit-learn, no transformers for the byte tokenizer; WORKER_MB_HF with a Hugging Face tokenizer) plus its
     tokenize batch.
 
-What still grows with the drop once the metadata is on disk is the commit (benchmarks/results/ondisk.md, byte
-tokenizer, context_length 128, one process): the high-water RSS before the commit is 382 / 386 / 402 MB at 50 /
-200 / 1,000 MB of text, the Lance write of the rows adds 140 / 191 / 238 MB on top (~0.06 MB per MB of text past
-200 MB), more than HEADROOM_MB at 1 GB; `check_metadata` does not model it yet.
+What grew with the drop once the metadata was on disk was the commit (benchmarks/results/ondisk.md, byte
+tokenizer, context_length 128, one process): the high-water RSS before the commit was 382 / 402 MB at 50 / 1,000
+MB of text, the Lance write of the rows added 140 / 238 MB on top; most of that growth was memory malloc kept
+after it was freed, not memory held. With a fixed trim threshold and malloc_trim between the phases
+(components.core.allocator) the end-of-ingest peak is 477 / 549 MB (374 / 393 before the commit;
+benchmarks/results/ingest_rss.jsonl): +72 MB from 50 MB to 1 GB of text, ~20 MB of it the per-document metadata
+above and ~17 MB Lance's writer (measured alone: +64 MB at 0.5 M rows, +81 MB at 7 M), inside HEADROOM_MB.
 
 Each batch gets at most a quarter of what the bound leaves after the libraries and the fit (never more than the
 sizes measured as fast: 8 MB of text, 1 M tokens, 4,096 rows), the metadata the rest; workers are started only

@@ -45,6 +45,7 @@ from components.adapters import documents as doc_index
 from components.adapters.integrity import short_error
 from components.adapters.memory import Memory
 from components.adapters.records import DUPLICATE, DropRecord
+from components.core import allocator
 from components.core.config import Settings
 from components.core.ids import is_drop_id
 from components.core.text import Tokenizer, TokenizerMismatch, describe_identity, load_tokenizer, same_tokenizer
@@ -260,6 +261,7 @@ def _reject(memory: Memory, rec: DropRecord) -> IngestResult:
 
 def ingest_source(settings: Settings, location: str, show_progress: bool = True) -> list[IngestResult]:
     """Ingest every ready drop of `location` (a directory or s3://bucket/prefix), in drop id order."""
+    allocator.limit_retained()  # RSS follows what ingest holds, not the memory it freed (components.core.allocator)
     source = open_source(location, settings.s3)
     memory = Memory.open(settings)
     tokenizer = load_tokenizer(settings.ingest.tokenizer)
