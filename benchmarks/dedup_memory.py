@@ -6,7 +6,7 @@
 `plan` (this checkout only: it needs components.ingest.dedup): the documents are the lines of the stdlib's
 sources (real text, with the repeats real code has: blank-ish lines, `return`, `else:`), their sha256 digests in
 one Digests array; a memory holds a first drop of 2,000 of them. Under tracemalloc (numpy's buffers traced), the
-peak above the digests of `new_documents_in_memory` + packing.choose_holdout, then of components.ingest.dedup's
+peak above the digests of `new_documents_in_memory` + holdout.choose_holdout, then of components.ingest.dedup's
 `new_documents` + `choose_holdout` with buckets of --bucket-mb, per document, with their CPU seconds; the kept
 indices and splits are checked equal.
 `scan` (any checkout): a drop of --files stdlib sources, --repeat of them written twice (inside the drop), scanned
@@ -77,7 +77,7 @@ def settings(home: Path, tokenizer: str = "byte"):
 
 
 def plan(args, work: Path) -> dict:
-    from components.core.packing import choose_holdout
+    from components.core.holdout import choose_holdout
     from components.ingest import dedup
 
     docs = lines(args.docs)

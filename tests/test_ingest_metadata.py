@@ -12,7 +12,8 @@ import pytest
 
 from components.adapters import documents as doc_index
 from components.core.digests import Digests, hex_array
-from components.core.packing import hash_fractions, split_layouts
+from components.core.holdout import hash_fractions
+from components.core.packing import split_layouts
 from components.core.text import load_tokenizer
 from components.ingest.drops import LocalSource
 from components.ingest.limits import MB, check_metadata, derive_limits, fit_mb

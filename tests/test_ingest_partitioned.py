@@ -16,7 +16,7 @@ import pytest
 
 from components.adapters.memory import Memory
 from components.core.digests import Digests, digest
-from components.core.packing import DropTooSmall, choose_holdout
+from components.core.holdout import DropTooSmall, choose_holdout
 from components.core.text import load_tokenizer
 from components.ingest import dedup, ingest_source
 from components.ingest.drops import LocalSource
@@ -39,7 +39,7 @@ def scanned_drop(cfg, root: Path, drop_id: str):
 
 def test_kept_documents_and_splits_equal_the_in_memory_code(tmp_path):
     """Drop a is ingested; drop b repeats some of a's files and, inside itself, files of its own. For every bucket
-    size, the kept indices equal np.unique's, and each kept document's split equals packing.choose_holdout's, at
+    size, the kept indices equal np.unique's, and each kept document's split equals holdout.choose_holdout's, at
     holdout fractions from 0 (the floor alone) to 0.5 and at floors that need `_meet_floor` or cannot be met."""
     cfg = settings_for(tmp_path / "home")
     root = tmp_path / "drops"

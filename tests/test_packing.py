@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.core.packing import DropTooSmall, doc_hash, hash_fractions, holdout_mask, pack, split_and_pack
+from components.core.holdout import DropTooSmall, hash_fractions, holdout_mask
+from components.core.packing import doc_hash, pack, split_and_pack
 from components.core.text import load_tokenizer
 from tests.conftest import real_texts
 

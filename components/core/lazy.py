@@ -17,7 +17,25 @@ import numpy as np
 BLOCK = 1 << 20  # rows computed at once when a LazyArray is summed, iterated or converted whole
 
 
-class LazyArray:
+class Blocked:
+    """What a 1-D array read a block at a time (`blocks()`) gives without ever being whole: iteration, sum, max
+    (LazyArray here, components.core.ondisk.DiskArray)."""
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator:
+        for values in self.blocks():
+            yield from values
+
+    def sum(self, dtype=np.int64):
+        return sum((values.sum(dtype=dtype) for values in self.blocks()), dtype(0))
+
+    def max(self):
+        return max(values.max() for values in self.blocks())
+
+
+class LazyArray(Blocked):
     """A read-only 1-D array of `n` values, `values(rows) -> ndarray` computing those of an int64 array of rows.
 
     Indexing by an int gives a scalar, by a slice (step 1 or not) or an array of row numbers an ndarray of `dtype`;
@@ -52,16 +70,6 @@ class LazyArray:
     def blocks(self, block: int = BLOCK) -> Iterator[np.ndarray]:
         for start in range(0, self.n, block):
             yield self[start : start + block]
-
-    def __iter__(self) -> Iterator:
-        for values in self.blocks():
-            yield from values
-
-    def sum(self, dtype=np.int64):
-        return sum((values.sum(dtype=dtype) for values in self.blocks()), dtype(0))
-
-    def max(self):
-        return max(values.max() for values in self.blocks())
 
     def map(self, table) -> LazyArray:
         """`table[self[rows]]` per block; `table` an ndarray or a LazyArray."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.core.lazy import Blocked
+
 BLOCK = 1 << 18  # values read at once by `blocks`, `sum`, `max` (2 MB of int64)
 SAMPLE = 1 << 10  # every SAMPLE-th value is kept in memory for searchsorted (0.1 % of the array's bytes)
 GATHER = 1 << 10  # values read per pread when a gather's indices are spread out
@@ -27,7 +29,7 @@ CACHE = 1 << 12  # a small read is served from the aligned block of CACHE values
 _counter = itertools.count()
 
 
-class DiskArray:
+class DiskArray(Blocked):
     """A typed 1-D array in a file: `append(values)` while written, then read like a read-only ndarray.
 
     Reads: `len`, `dtype`, `arr[i]` (a scalar), `arr[a:b]` (one pread), `arr[indices]` (a gather reading the
@@ -122,17 +124,10 @@ class DiskArray:
         for start in range(0, self._n, n):
             yield self._read(start, min(start + n, self._n))
 
-    def __iter__(self) -> Iterator:
-        for values in self.blocks():
-            yield from values
-
-    def sum(self, dtype=np.int64):
-        return sum((values.sum(dtype=dtype) for values in self.blocks()), dtype(0))
-
     def max(self):
         if not self._n:
             raise ValueError(f"max of an empty array ({self.path.name})")
-        return max(values.max() for values in self.blocks())
+        return super().max()
 
     def searchsorted(self, values, side: str = "left") -> np.ndarray:
         """`np.searchsorted(self, values, side)` for a non-decreasing array, reading one block per sample interval

@@ -10,11 +10,11 @@ occurrence of its digests, so it is decided alone, and the buckets in order visi
   * `new_documents`: per bucket, np.unique gives each digest's first occurrence (records are written in drop
     order), the memory is asked about those (components.adapters.documents, KNOWN_CHUNK at a time), and the new
     ones' indices are kept; the result, sorted, is exactly the in-memory `new_documents_in_memory`.
-  * `choose_holdout`: components.core.packing.choose_holdout walks the distinct hashes in ascending hash-fraction
+  * `choose_holdout`: components.core.holdout.choose_holdout walks the distinct hashes in ascending hash-fraction
     order, and the fraction is a digest's leading 52 bits, so the buckets in order, each sorted, give that order.
     The walk carries `held` from bucket to bucket (the total, hence the target, is known from the token counts
     first) and stops reading buckets once the target is met; the hash-last document, in the last non-empty bucket,
-    always trains. The result is exactly packing.choose_holdout's. Only if the walk leaves fewer than the
+    always trains. The result is exactly holdout.choose_holdout's. Only if the walk leaves fewer than the
     `min_holdout_sequences` floor (tiny drops, holdout_fraction ~0) does `_meet_floor` run, and then on every
     bucket read back at once: the in-memory code, with the drop's distinct documents in memory.
 What stays in memory per document is what the caller passes and gets back (the kept indices, 8 bytes a kept
@@ -35,7 +35,7 @@ import numpy as np
 
 from components.adapters.memory import Memory
 from components.core.digests import Digests
-from components.core.packing import meet_floor, too_small, walk_holdout
+from components.core.holdout import meet_floor, too_small, walk_holdout
 from components.ingest.spill import PREFIX, remove_leftovers
 
 KNOWN_CHUNK = 1 << 17  # distinct hashes per memory lookup: bounds the hex strings a lookup holds (~20 MB)
@@ -139,7 +139,7 @@ def unknown(memory: Memory, unique: Digests) -> np.ndarray:
 def choose_holdout(
     doc_tokens: np.ndarray, hashes: Digests, holdout_fraction: float, needed: int, root: Path, tag: str, size: int
 ) -> np.ndarray:
-    """components.core.packing.choose_holdout, bucket by bucket (module docstring): the same mask, exactly."""
+    """components.core.holdout.choose_holdout, bucket by bucket (module docstring): the same mask, exactly."""
     doc_tokens = np.asarray(doc_tokens, dtype=np.int64)
     total = int(doc_tokens.sum())
     target = holdout_fraction * total
@@ -163,7 +163,7 @@ def choose_holdout(
 
 
 def _groups(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A bucket's records grouped by digest, ascending (as packing.choose_holdout's np.unique): each group's
+    """A bucket's records grouped by digest, ascending (as holdout.choose_holdout's np.unique): each group's
     records, each record's group, each group's tokens."""
     raw, inverse = np.unique(records["digest"], return_inverse=True)
     sizes = np.bincount(inverse, weights=records["tokens"], minlength=len(raw)).astype(np.int64)

@@ -32,7 +32,8 @@ import numpy as np
 from components.adapters.memory import Memory
 from components.core.config import Settings
 from components.core.digests import Digests, digest
-from components.core.packing import DropTooSmall, SplitPacked, split_layouts
+from components.core.holdout import DropTooSmall
+from components.core.packing import SplitPacked, split_layouts
 from components.core.text import Tokenizer
 from components.ingest import dedup
 from components.ingest.clustering import assign_clusters
