@@ -193,7 +193,7 @@ class RayEngine:
         cfg, tok = self.settings.ingest, self.tokenizer
         spec = ray_tasks.RowsSpec(
             self.ref.drop_id,
-            self.store.lengths()[plan.at],
+            self.store.lengths_at(plan.at),
             scanned.hashes.take(plan.keep),
             (cfg.context_length, tok.eos_id, tok.pad_id, cfg.holdout_fraction, cfg.min_holdout_sequences),
             self.store.where[plan.at],

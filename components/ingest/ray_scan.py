@@ -25,7 +25,7 @@ FILE_COLUMNS = ["index", "name", "digest", "n_bytes", "n_document_files", "issue
 
 class TokenStore:
     """Where each document's tokens are, in the scan's blocks: the driver's stand-in for the local spill
-    (plan_drop reads only `lengths()`; rows are built on the workers). Index: the document's index in the drop
+    (plan_drop reads only `lengths_at()`; rows are built on the workers). Index: the document's index in the drop
     (`Scanned.hashes`), as the spill's."""
 
     def __init__(self) -> None:
@@ -33,8 +33,8 @@ class TokenStore:
         self.counts = np.empty(0, np.int64)
         self.blocks: list = []
 
-    def lengths(self) -> np.ndarray:
-        return self.counts
+    def lengths_at(self, indices: np.ndarray) -> np.ndarray:
+        return self.counts[np.asarray(indices, dtype=np.int64)]
 
     def tokens(self, index: int) -> np.ndarray:
         raise RuntimeError("the Ray engine's driver never reads tokens; rows are built on the workers")

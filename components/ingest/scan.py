@@ -143,7 +143,8 @@ def plan_drop(
     limits: Limits | None = None,
 ) -> Plan:
     """Deduplicate against the memory, then split, lay out and (unless `cluster` is False: the Ray engine clusters
-    on its workers) cluster only the new documents. `spill` is any token store with `lengths()` and `tokens(i)`.
+    on its workers) cluster only the new documents. `spill` is any token store with `lengths_at(indices)` and
+    `tokens(i)`.
 
     `rescan()` gives a Scanned with tokens, for a scan that skipped them (see the module docstring). With `limits`,
     a drop whose metadata alone would pass ingest.max_memory_mb is refused here (ValueError), before the layout.
@@ -157,7 +158,7 @@ def plan_drop(
         scanned.tokenized = rescan().tokenized
     keep_hashes = scanned.hashes.take(plan.keep)
     at = plan.at = plan.keep  # spill index == index in hashes (module docstring)
-    lengths = spill.lengths()[at]
+    lengths = spill.lengths_at(at)  # read from disk for the kept documents only (no whole-drop copy)
     if limits is not None:
         n_rows = int((lengths.sum() + lengths.size) // cfg.context_length) + 2  # both splits' last rows
         check_metadata(limits, drop_id, len(scanned.hashes), n_rows)
