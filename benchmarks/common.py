@@ -226,6 +226,14 @@ def write_results(out_dir: Path, name: str, payload: dict[str, Any], markdown: s
     return json_path, md_path
 
 
+def append_result(path: str | Path, row: dict[str, Any]) -> None:
+    """Print one result as a JSON line and append it to `path` (a .jsonl that keeps every run's row)."""
+    line = json.dumps(row)
+    print(line)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
 @contextmanager
 def timed(store: dict[str, float], key: str) -> Iterator[None]:
     """Add the wall-clock seconds of the block to `store[key]` (perf_counter)."""

@@ -26,6 +26,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from common import append_result
 
 from components.adapters.memory import Memory
 from components.core.config import load_settings
@@ -156,9 +157,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     out = {"label": args.label} | (plan(args, work) if args.mode == "plan" else scan(args, work))
     out["load_1m"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(out))
-    with open(args.out, "a") as f:
-        f.write(json.dumps(out) + "\n")
+    append_result(args.out, out)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import append_result  # noqa: E402
 from scale_ingest import DROP, write_drop  # noqa: E402
 
 from components.adapters.memory import Memory  # noqa: E402
@@ -133,9 +133,7 @@ def _finish(out: dict, args, work: Path, t0: float) -> None:
     tracemalloc.stop()
     out["cpu_s"] = round(time.process_time() - t0, 1)
     out["load_1m"] = os.getloadavg()[0]
-    print(json.dumps(out))
-    with open(args.out, "a") as f:
-        f.write(json.dumps(out) + "\n")
+    append_result(args.out, out)
     shutil.rmtree(work, ignore_errors=True)
 
 
